@@ -1,0 +1,133 @@
+//! `coxswain-node-agent`: loads Coxswain's eBPF dataplane on a node and
+//! serves its counters as Prometheus metrics.
+//!
+//! Today it attaches the per-interface packet counters (tc ingress/egress and
+//! XDP) to the interfaces it is given; the service proxy and the kubelet grow
+//! here. It never touches an interface it was not named.
+
+mod metrics;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use coxswain_dataplane::{Dataplane, TcDirection, XdpMode, locate_object};
+use tracing::info;
+
+/// Coxswain's node agent.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Interface to attach the tc counters to (ingress and egress); repeat
+    /// for several. Names resolve in the agent's network namespace.
+    #[arg(long = "iface", value_name = "NAME")]
+    ifaces: Vec<String>,
+
+    /// Interface to attach the XDP program to; repeat for several.
+    #[arg(long = "xdp-iface", value_name = "NAME")]
+    xdp_ifaces: Vec<String>,
+
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    xdp_mode: XdpModeArg,
+
+    /// The eBPF object to load (default: `$COXSWAIN_EBPF_OBJECT`, then the
+    /// output of `cargo xtask build-ebpf`).
+    #[arg(long, value_name = "PATH")]
+    bpf_object: Option<PathBuf>,
+
+    /// Address of the metrics and health endpoint.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum XdpModeArg {
+    /// Let the kernel choose (native if the driver supports it).
+    Auto,
+    /// Native (driver) XDP.
+    Driver,
+    /// Generic (skb) XDP, works everywhere, slower.
+    Skb,
+}
+
+impl From<XdpModeArg> for XdpMode {
+    fn from(mode: XdpModeArg) -> Self {
+        match mode {
+            XdpModeArg::Auto => XdpMode::Default,
+            XdpModeArg::Driver => XdpMode::Driver,
+            XdpModeArg::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+
+    if args.ifaces.is_empty() && args.xdp_ifaces.is_empty() {
+        bail!("no interface given: name at least one with --iface or --xdp-iface");
+    }
+    let object = locate_object(args.bpf_object.as_deref())?;
+    let mut dataplane = Dataplane::load_file(&object)?;
+    for iface in &args.ifaces {
+        for direction in [TcDirection::Ingress, TcDirection::Egress] {
+            dataplane
+                .attach_tc(iface, direction)
+                .with_context(|| format!("--iface {iface}"))?;
+        }
+    }
+    for iface in &args.xdp_ifaces {
+        dataplane
+            .attach_xdp(iface, args.xdp_mode.into())
+            .with_context(|| format!("--xdp-iface {iface}"))?;
+    }
+    let dataplane = Arc::new(Mutex::new(dataplane));
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("failed to listen on --metrics-addr {}", args.metrics_addr))?;
+    info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /dataplane/counters");
+    let app = metrics::router(dataplane.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("metrics server failed")?;
+    info!("shutting down; programs detach as the agent exits");
+    drop(dataplane);
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

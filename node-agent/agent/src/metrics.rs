@@ -1,0 +1,150 @@
+//! The agent's HTTP endpoint: Prometheus metrics, health, and the raw
+//! dataplane counters as JSON (what `coxctl dataplane` reads).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Json, Router,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use coxswain_dataplane::Dataplane;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter},
+    registry::Registry,
+};
+use serde::Serialize;
+
+type Shared = Arc<Mutex<Dataplane>>;
+
+/// Builds the router for `/metrics`, `/healthz` and `/dataplane/counters`.
+pub fn router(dataplane: Shared) -> Router {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(IfaceCounterCollector(dataplane.clone())));
+    let registry = Arc::new(registry);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move { encode_registry(&registry) }
+            }),
+        )
+        .route(
+            "/dataplane/counters",
+            get(move || {
+                let dataplane = dataplane.clone();
+                async move { counters_json(&dataplane) }
+            }),
+        )
+}
+
+fn encode_registry(registry: &Registry) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("failed to encode metrics: {e}"))
+            .into_response(),
+    }
+}
+
+/// One row of `/dataplane/counters`.
+#[derive(Debug, Serialize)]
+struct CounterRow {
+    ifindex: u32,
+    iface: Option<String>,
+    hook: &'static str,
+    packets: u64,
+    bytes: u64,
+}
+
+fn counters_json(dataplane: &Shared) -> Response {
+    let dataplane = dataplane.lock().unwrap_or_else(|e| e.into_inner());
+    match dataplane.iface_counters() {
+        Ok(counters) => {
+            let names = iface_names();
+            let rows: Vec<CounterRow> = counters
+                .iter()
+                .map(|((ifindex, hook), c)| CounterRow {
+                    ifindex: *ifindex,
+                    iface: names.get(ifindex).cloned(),
+                    hook: hook.as_str(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                })
+                .collect();
+            Json(rows).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+/// Interface names by index, from sysfs of the agent's network namespace.
+fn iface_names() -> BTreeMap<u32, String> {
+    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
+        return BTreeMap::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let index = std::fs::read_to_string(entry.path().join("ifindex")).ok()?;
+            Some((index.trim().parse().ok()?, name))
+        })
+        .collect()
+}
+
+/// Reads the kernel counters at scrape time.
+#[derive(Debug)]
+struct IfaceCounterCollector(Shared);
+
+impl Collector for IfaceCounterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = {
+            let dataplane = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            // A failed map read yields no samples rather than a failed scrape.
+            dataplane.iface_counters().unwrap_or_default()
+        };
+        let names = iface_names();
+        let labels = |ifindex: &u32, hook: &str| {
+            vec![
+                ("iface", names.get(ifindex).cloned().unwrap_or_else(|| ifindex.to_string())),
+                ("hook", hook.to_owned()),
+            ]
+        };
+        let mut packets = encoder.encode_descriptor(
+            "coxswain_iface_packets",
+            "Packets seen by Coxswain's eBPF programs, per interface and hook",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((ifindex, hook), c) in &counters {
+            let labels = labels(ifindex, hook.as_str());
+            ConstCounter::new(c.packets).encode(packets.encode_family(&labels)?)?;
+        }
+        let mut bytes = encoder.encode_descriptor(
+            "coxswain_iface_bytes",
+            "Bytes seen by Coxswain's eBPF programs, per interface and hook",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((ifindex, hook), c) in &counters {
+            let labels = labels(ifindex, hook.as_str());
+            ConstCounter::new(c.bytes).encode(bytes.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,205 @@
+//! Loading the object and attaching its programs to interfaces.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf,
+    maps::PerCpuHashMap,
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+};
+use coxswain_ebpf_common::{Counters, Hook, IfaceCounterKey, names};
+use tracing::{debug, info, warn};
+
+use crate::{Error, IfaceCounters, Result, sum_per_cpu};
+
+/// Direction of a tc attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcDirection {
+    /// Packets the interface receives.
+    Ingress,
+    /// Packets the interface transmits.
+    Egress,
+}
+
+/// The loaded eBPF object and its attachments.
+///
+/// Interface names resolve in the network namespace of the calling thread.
+/// Dropping a `Dataplane` detaches every program it attached (tcx and XDP
+/// links are owned by the process).
+pub struct Dataplane {
+    ebpf: Ebpf,
+    /// Kept alive for as long as the programs run: dropping the logger closes
+    /// the log ring buffer, and any later program load would fail.
+    log_pump: Option<LogPump>,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane").finish_non_exhaustive()
+    }
+}
+
+enum LogPump {
+    /// A tokio task drains the ring buffer into `tracing` (through `log`).
+    Task(tokio::task::JoinHandle<()>),
+    /// No runtime at load time: keep the ring buffer open, undrained.
+    Idle(#[allow(dead_code, reason = "held only to keep the ring buffer open")] aya_log::EbpfLogger<&'static dyn log::Log>),
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if let Some(LogPump::Task(task)) = self.log_pump.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Dataplane {
+    /// Reads and loads the object at `path`.
+    pub fn load_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::ReadObject {
+            path: path.to_owned(),
+            source,
+        })?;
+        info!(path = %path.display(), size = bytes.len(), "loading eBPF object");
+        Self::load(&bytes)
+    }
+
+    /// Loads an object from memory: creates its maps, but loads no program
+    /// into the kernel until it is first attached.
+    pub fn load(bytes: &[u8]) -> Result<Self> {
+        let mut ebpf = Ebpf::load(bytes).map_err(Error::Load)?;
+        let log_pump = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(spawn_log_pump(logger)),
+            Err(e) => {
+                warn!(error = %e, "eBPF logging unavailable");
+                None
+            }
+        };
+        Ok(Self { ebpf, log_pump })
+    }
+
+    fn program<T>(&mut self, name: &'static str) -> Result<&mut T>
+    where
+        for<'a> &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+        T: LoadOnce,
+    {
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram(name))?;
+        let program: &mut T = program
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        program.load_once().map_err(|source| Error::Program { name, source })?;
+        Ok(program)
+    }
+
+    /// Attaches the packet counter to `iface` on tc ingress or egress (tcx on
+    /// kernels >= 6.6, a clsact qdisc before).
+    pub fn attach_tc(&mut self, iface: &str, direction: TcDirection) -> Result<()> {
+        let (name, attach_type) = match direction {
+            TcDirection::Ingress => (names::PROG_TC_INGRESS, TcAttachType::Ingress),
+            TcDirection::Egress => (names::PROG_TC_EGRESS, TcAttachType::Egress),
+        };
+        if !has_tcx() {
+            // "exists" is harmless: another program already added the qdisc.
+            if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
+                debug!(iface, error = %e, "clsact qdisc not added");
+            }
+        }
+        let program: &mut SchedClassifier = self.program(name)?;
+        program
+            .attach(iface, attach_type)
+            .map_err(|source| Error::Attach {
+                name,
+                iface: iface.to_owned(),
+                source,
+            })?;
+        info!(iface, program = name, ?direction, "attached tc program");
+        Ok(())
+    }
+
+    /// Attaches the XDP packet counter to `iface`.
+    pub fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
+        let name = names::PROG_XDP;
+        let program: &mut Xdp = self.program(name)?;
+        program.attach(iface, mode).map_err(|source| Error::Attach {
+            name,
+            iface: iface.to_owned(),
+            source,
+        })?;
+        info!(iface, program = name, ?mode, "attached xdp program");
+        Ok(())
+    }
+
+    /// Reads the per-interface counters, summed over CPUs.
+    pub fn iface_counters(&self) -> Result<IfaceCounters> {
+        let name = names::IFACE_COUNTERS;
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let map: PerCpuHashMap<_, IfaceCounterKey, Counters> =
+            PerCpuHashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+        let mut out = IfaceCounters::new();
+        for entry in map.iter() {
+            let (key, values) = entry.map_err(|source| Error::Map { name, source })?;
+            let Some(hook) = Hook::from_raw(key.hook) else {
+                continue;
+            };
+            out.insert((key.ifindex, hook), sum_per_cpu(values.iter()));
+        }
+        Ok(out)
+    }
+}
+
+/// tcx (bpf_link based tc attachment, no qdisc) exists since Linux 6.6.
+fn has_tcx() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Loads a program unless it is already in the kernel.
+trait LoadOnce {
+    fn load_once(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+impl LoadOnce for SchedClassifier {
+    fn load_once(&mut self) -> Result<(), aya::programs::ProgramError> {
+        if self.fd().is_ok() { Ok(()) } else { self.load() }
+    }
+}
+
+impl LoadOnce for Xdp {
+    fn load_once(&mut self) -> Result<(), aya::programs::ProgramError> {
+        if self.fd().is_ok() { Ok(()) } else { self.load() }
+    }
+}
+
+fn spawn_log_pump(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> LogPump {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return LogPump::Idle(logger);
+    };
+    LogPump::Task(handle.spawn(async move {
+        #[allow(
+            unsafe_code,
+            reason = "the AsyncFd owns the logger, which owns the ring buffer fd, so the fd outlives its registration"
+        )]
+        // SAFETY: see the allow above.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        };
+        let mut fd = match registered {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!(error = %e, "failed to poll the eBPF log ring buffer");
+                return;
+            }
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}

@@ -1,0 +1,127 @@
+//! Network namespaces and veth pairs created by `ip`, deleted on drop.
+
+use std::{
+    fs::File,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context, Result, bail};
+use nix::sched::{CloneFlags, setns};
+
+/// A named network namespace (`ip netns add`), deleted on drop, which also
+/// deletes every interface inside it.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call, e.g. `cx12345-3`.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}{}-{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+impl NetNs {
+    /// Creates a namespace with loopback up.
+    pub fn create(name: &str) -> Result<Self> {
+        ip(&["netns", "add", name])?;
+        let ns = NetNs { name: name.to_owned() };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n <ns> ...`.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// Runs a command inside the namespace (`ip netns exec`).
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .with_context(|| format!("failed to run {program} in netns {}", self.name))
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace, so that
+    /// interface names and netlink calls resolve inside it. Other threads are
+    /// unaffected.
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = File::open(&path).with_context(|| format!("failed to open {path}"))?;
+                    setns(&file, CloneFlags::CLONE_NEWNET)
+                        .with_context(|| format!("failed to enter netns {}", self.name))?;
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("warning: failed to delete netns {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// Two namespaces joined by a veth pair with addresses from a /30: `a` holds
+/// `a_if` with `a_addr`, `b` holds `b_if` with `b_addr`.
+#[derive(Debug)]
+pub struct VethPair {
+    /// First namespace.
+    pub a: NetNs,
+    /// Second namespace.
+    pub b: NetNs,
+    /// Interface name in `a`.
+    pub a_if: String,
+    /// Interface name in `b`.
+    pub b_if: String,
+    /// Address of `a_if` (no prefix length).
+    pub a_addr: String,
+    /// Address of `b_if` (no prefix length).
+    pub b_addr: String,
+}
+
+impl VethPair {
+    /// Creates both namespaces and the pair. `subnet` is the first three
+    /// octets of a /30 network used only inside these namespaces, e.g.
+    /// `"10.201.7"` gives `.1` and `.2`.
+    pub fn create(subnet: &str) -> Result<Self> {
+        let base = unique_name("cx");
+        let a = NetNs::create(&format!("{base}a"))?;
+        let b = NetNs::create(&format!("{base}b"))?;
+        let (a_if, b_if) = ("veth-a".to_owned(), "veth-b".to_owned());
+        a.ip(&["link", "add", &a_if, "type", "veth", "peer", "name", &b_if, "netns", b.name()])?;
+        let (a_addr, b_addr) = (format!("{subnet}.1"), format!("{subnet}.2"));
+        a.ip(&["addr", "add", &format!("{a_addr}/30"), "dev", &a_if])?;
+        b.ip(&["addr", "add", &format!("{b_addr}/30"), "dev", &b_if])?;
+        a.ip(&["link", "set", &a_if, "up"])?;
+        b.ip(&["link", "set", &b_if, "up"])?;
+        Ok(VethPair { a, b, a_if, b_if, a_addr, b_addr })
+    }
+}
+
+/// Runs `ip` with `args`, failing with its stderr.
+pub fn ip(args: &[&str]) -> Result<String> {
+    let out = Command::new("ip").args(args).output().context("failed to run ip")?;
+    if !out.status.success() {
+        bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,1 @@
+//! Test harnesses shared by Coxswain integration tests.

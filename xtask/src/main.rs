@@ -1,0 +1,42 @@
+//! Coxswain's developer tasks: `cargo xtask <task>`.
+
+mod build_ebpf;
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Coxswain's developer tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install everything the project needs (as root, idempotent).
+    Setup,
+    /// Build the eBPF object with nightly and bpf-linker.
+    BuildEbpf(build_ebpf::Options),
+    /// Run setup if needed, build the eBPF object, run every test.
+    Test(test::Options),
+    /// Build everything and start the node agent on a demo interface.
+    Up(demo::UpOptions),
+    /// Stop what `up` started and remove what it created.
+    Down(demo::DownOptions),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf(opts) => build_ebpf::run(&opts).map(|_| ()),
+        Task::Test(opts) => test::run(&opts),
+        Task::Up(opts) => demo::up(&opts),
+        Task::Down(opts) => demo::down(&opts),
+    }
+}
