@@ -5,6 +5,7 @@
 //! never reaches the machine's uplink.
 
 pub mod netns;
+pub mod servers;
 
 /// Fails the test with a clear message unless it runs as root.
 pub fn require_root() {

@@ -125,3 +125,92 @@ pub fn ip(args: &[&str]) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// A "node" namespace that routes between hosts, each in its own namespace
+/// joined to the node by a veth pair on `10.<net>.<i>.0/30` (host `.2`, node
+/// `.1`). Hosts have a default route via the node and nothing else, so any
+/// packet they send stays inside the topology.
+#[derive(Debug)]
+pub struct RoutedTopology {
+    /// Hosts, in creation order.
+    pub hosts: Vec<Host>,
+    /// The router, where the dataplane under test runs.
+    pub node: NetNs,
+}
+
+/// One host of a [`RoutedTopology`].
+#[derive(Debug)]
+pub struct Host {
+    /// Its namespace (holds `eth0`).
+    pub ns: NetNs,
+    /// Its address.
+    pub addr: std::net::Ipv4Addr,
+    /// The node-side interface of its link.
+    pub node_if: String,
+}
+
+impl RoutedTopology {
+    /// Creates a node and `hosts` hosts on `10.<net>.<i>.0/30`.
+    pub fn create(net: u8, hosts: usize) -> Result<Self> {
+        let base = unique_name("cx");
+        let node = NetNs::create(&format!("{base}n"))?;
+        node.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        let mut out = Vec::new();
+        for i in 0..hosts {
+            let ns = NetNs::create(&format!("{base}h{i}"))?;
+            let node_if = format!("h{i}");
+            node.ip(&["link", "add", &node_if, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+            node.ip(&["addr", "add", &format!("10.{net}.{i}.1/30"), "dev", &node_if])?;
+            node.ip(&["link", "set", &node_if, "up"])?;
+            ns.ip(&["addr", "add", &format!("10.{net}.{i}.2/30"), "dev", "eth0"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            ns.ip(&["route", "add", "default", "via", &format!("10.{net}.{i}.1")])?;
+            out.push(Host {
+                ns,
+                addr: std::net::Ipv4Addr::new(10, net, i as u8, 2),
+                node_if,
+            });
+        }
+        // Hosts drop before the node: deleting the node first would leave the
+        // host namespaces briefly without their peer, which is harmless but
+        // noisier.
+        Ok(RoutedTopology { hosts: out, node })
+    }
+}
+
+/// A unique bpffs directory for a test's pinned maps, removed on drop.
+#[derive(Debug)]
+pub struct PinDir {
+    path: std::path::PathBuf,
+}
+
+impl PinDir {
+    /// `/sys/fs/bpf/<unique>`; the loader creates it (and mounts bpffs if
+    /// needed).
+    pub fn new() -> Self {
+        PinDir {
+            path: std::path::PathBuf::from("/sys/fs/bpf").join(unique_name("coxswain-test-")),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Default for PinDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if self.path.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&self.path) {
+                eprintln!("warning: failed to remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}

@@ -2,8 +2,11 @@
 //! `cargo xtask build-ebpf`, loaded and attached by the node agent's
 //! dataplane crate, count real packets crossing a veth pair.
 
-use coxswain_dataplane::{Dataplane, Hook, TcDirection, XdpMode, locate_object};
-use coxswain_tests::{netns::VethPair, require_root};
+use coxswain_dataplane::{Dataplane, Hook, LoadOptions, TcDirection, XdpMode, locate_object};
+use coxswain_tests::{
+    netns::{PinDir, VethPair},
+    require_root,
+};
 
 const PINGS: u64 = 5;
 /// An ICMP echo of ping's default 56-byte payload: 14 (Ethernet) + 20 (IPv4)
@@ -15,12 +18,13 @@ fn tc_and_xdp_count_real_packets_and_detach_on_drop() {
     require_root();
     let object = locate_object(None).expect("eBPF object (run `cargo xtask build-ebpf`)");
     let topo = VethPair::create("10.201.7").expect("create veth topology");
+    let pins = PinDir::new();
 
     let (ifindex, counters) = topo
         .b
         .run_in(|| {
             let ifindex = nix::net::if_::if_nametoindex(topo.b_if.as_str())?;
-            let mut dataplane = Dataplane::load_file(&object)?;
+            let mut dataplane = Dataplane::load_file_with(&object, &LoadOptions { pin_dir: pins.path().to_owned() })?;
             dataplane.attach_tc(&topo.b_if, TcDirection::Ingress)?;
             dataplane.attach_tc(&topo.b_if, TcDirection::Egress)?;
             dataplane.attach_xdp(&topo.b_if, XdpMode::Driver)?;
@@ -69,10 +73,11 @@ fn missing_interface_is_a_clear_error() {
     require_root();
     let object = locate_object(None).expect("eBPF object (run `cargo xtask build-ebpf`)");
     let topo = VethPair::create("10.201.8").expect("create veth topology");
+    let pins = PinDir::new();
     let err = topo
         .b
         .run_in(|| {
-            let mut dataplane = Dataplane::load_file(&object)?;
+            let mut dataplane = Dataplane::load_file_with(&object, &LoadOptions { pin_dir: pins.path().to_owned() })?;
             Ok(dataplane.attach_tc("no-such-if0", TcDirection::Ingress).unwrap_err())
         })
         .expect("load");

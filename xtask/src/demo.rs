@@ -26,6 +26,8 @@ const PEER_IFACE: &str = "demo0";
 const HOST_ADDR: &str = "10.250.0.1/30";
 const PEER_ADDR: &str = "10.250.0.2/30";
 const METRICS_ADDR: &str = "127.0.0.1:10249";
+/// The node agent's default bpffs pin directory.
+const PIN_DIR: &str = "/sys/fs/bpf/coxswain";
 
 /// Options of `up`.
 #[derive(Debug, clap::Args)]
@@ -185,6 +187,12 @@ pub fn down(opts: &DownOptions) -> Result<()> {
     // The host end normally goes with its peer; remove it if it lingers.
     if probe(Command::new("ip").args(["link", "show", HOST_IFACE])).is_some() {
         run_quiet(Command::new("ip").args(["link", "del", HOST_IFACE]))?;
+    }
+    // Pinned maps and links outlive the agent by design; `down` removes them.
+    let pins = Path::new(PIN_DIR);
+    if pins.exists() {
+        step("down", format!("removing pinned maps and links in {PIN_DIR}"));
+        std::fs::remove_dir_all(pins).with_context(|| format!("failed to remove {PIN_DIR}"))?;
     }
     if opts.purge && opts.data_dir.exists() {
         step("down", format!("removing {}", opts.data_dir.display()));

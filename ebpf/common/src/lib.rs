@@ -19,6 +19,19 @@ pub mod names {
     pub const PROG_TC_EGRESS: &str = "count_tc_egress";
     /// XDP program counting packets at the driver.
     pub const PROG_XDP: &str = "count_xdp";
+
+    /// Hash map: [`ServiceKeyV4`](crate::ServiceKeyV4) →
+    /// [`ServiceValue`](crate::ServiceValue).
+    pub const SERVICES_V4: &str = "SERVICES_V4";
+    /// Hash map: backend id (`u32`) → [`BackendV4`](crate::BackendV4).
+    pub const BACKENDS_V4: &str = "BACKENDS_V4";
+    /// Hash map: service id (`u32`) → [`RevNatV4`](crate::RevNatV4).
+    pub const REV_NAT_V4: &str = "REV_NAT_V4";
+    /// LRU hash map: [`CtKeyV4`](crate::CtKeyV4) → [`CtValue`](crate::CtValue).
+    pub const CONNTRACK_V4: &str = "CONNTRACK_V4";
+    /// tc classifier translating Service traffic (ingress of the interfaces
+    /// where client traffic enters the node's datapath).
+    pub const PROG_SERVICE_TC: &str = "service_tc";
 }
 
 /// Upper bound of distinct (interface, hook) pairs the counter map holds.
@@ -88,6 +101,180 @@ impl Counters {
     }
 }
 
+/// Upper bound of service entries (one master entry per Service port plus
+/// one slot per backend).
+pub const SERVICES_MAX_ENTRIES: u32 = 262_144;
+/// Upper bound of distinct backends.
+pub const BACKENDS_MAX_ENTRIES: u32 = 131_072;
+/// Upper bound of reverse-NAT entries (one per Service port).
+pub const REV_NAT_MAX_ENTRIES: u32 = 65_536;
+/// Upper bound of tracked flows (both directions count); least recently used
+/// entries are evicted first.
+pub const CONNTRACK_MAX_ENTRIES: u32 = 262_144;
+
+/// IP protocol numbers as stored in keys.
+pub mod proto {
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// SCTP.
+    pub const SCTP: u8 = 132;
+}
+
+/// Which part of a Service address a [`ServiceKeyV4`] entry is reached by.
+pub mod scope {
+    /// Traffic from anywhere (the ClusterIP, or external traffic under
+    /// `externalTrafficPolicy: Cluster`).
+    pub const ALL: u8 = 0;
+    /// Only node-local backends (`externalTrafficPolicy: Local` for external
+    /// addresses, `internalTrafficPolicy: Local` for the ClusterIP).
+    pub const LOCAL: u8 = 1;
+}
+
+/// Key of the service map. IPv4; an IPv6 twin (`ServiceKeyV6`) keeps the
+/// same shape with a 16-byte address.
+///
+/// Slot 0 is the Service's *master* entry ([`ServiceValue::count`] backends,
+/// flags, id); slots `1..=count` each name one backend. A lookup therefore
+/// costs two hash lookups (master, then `1 + hash % count`) whatever the
+/// number of Services or backends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKeyV4 {
+    /// Service address (ClusterIP, node address for NodePort, external or
+    /// load-balancer IP), network byte order.
+    pub addr: u32,
+    /// Service port, network byte order.
+    pub port: u16,
+    /// Backend slot: 0 for the master entry.
+    pub slot: u16,
+    /// One of [`proto`].
+    pub proto: u8,
+    /// One of [`scope`].
+    pub scope: u8,
+    /// Always zero (explicit padding, so keys hash identically).
+    pub pad: [u8; 2],
+}
+
+/// Flags of a Service master entry.
+pub mod service_flags {
+    /// `sessionAffinity: ClientIP`.
+    pub const AFFINITY: u16 = 1 << 0;
+    /// Source NAT to the node address is needed when forwarding to a
+    /// backend on another node (external traffic, `Cluster` policy).
+    pub const SNAT: u16 = 1 << 1;
+    /// The address is a NodePort on a node address.
+    pub const NODE_PORT: u16 = 1 << 2;
+    /// The address is an externalIP or load-balancer ingress IP.
+    pub const EXTERNAL: u16 = 1 << 3;
+    /// Backends are selected with the Service's Maglev table.
+    pub const MAGLEV: u16 = 1 << 4;
+}
+
+/// Value of the service map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    /// In a slot entry, the backend's id; 0 in the master entry.
+    pub backend_id: u32,
+    /// In the master entry, the number of backend slots (0: no usable
+    /// endpoint, reject); 0 in a slot entry.
+    pub count: u16,
+    /// [`service_flags`] (master entry).
+    pub flags: u16,
+    /// Service port id, also the reverse-NAT id; the same in the master and
+    /// slot entries.
+    pub service_id: u32,
+    /// ClientIP affinity timeout in seconds (master entry, with
+    /// [`service_flags::AFFINITY`]).
+    pub affinity_timeout_s: u32,
+}
+
+/// A backend: one endpoint address and target port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendV4 {
+    /// Endpoint address, network byte order.
+    pub addr: u32,
+    /// Target port, network byte order.
+    pub port: u16,
+    /// One of [`proto`].
+    pub proto: u8,
+    /// [`backend_flags`].
+    pub flags: u8,
+}
+
+/// Flags of a backend.
+pub mod backend_flags {
+    /// The endpoint is terminating (still serving).
+    pub const TERMINATING: u8 = 1 << 0;
+    /// The endpoint runs on this node.
+    pub const LOCAL: u8 = 1 << 1;
+}
+
+/// Reverse-NAT entry: what replies from a backend of this Service port must
+/// carry as their source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RevNatV4 {
+    /// Service address, network byte order.
+    pub addr: u32,
+    /// Service port, network byte order.
+    pub port: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
+/// Key of the conntrack map: a flow's 5-tuple as seen on the wire, before
+/// translation for the forward direction, after it for replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKeyV4 {
+    /// Source address, network byte order.
+    pub saddr: u32,
+    /// Destination address, network byte order.
+    pub daddr: u32,
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// One of [`proto`].
+    pub proto: u8,
+    /// [`ct_dir`]: which direction this key describes.
+    pub dir: u8,
+    /// Always zero.
+    pub pad: [u8; 2],
+}
+
+/// Direction of a conntrack entry.
+pub mod ct_dir {
+    /// Client → Service: the value names the chosen backend.
+    pub const FORWARD: u8 = 0;
+    /// Backend → client: the value names the Service to translate back to.
+    pub const REPLY: u8 = 1;
+}
+
+/// Value of the conntrack map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// The backend chosen for the flow.
+    pub backend_id: u32,
+    /// The Service port (reverse-NAT id) the flow was addressed to.
+    pub service_id: u32,
+    /// Last time a packet of the flow was seen (`bpf_ktime_get_ns`).
+    pub last_seen_ns: u64,
+    /// The backend's address (network byte order), kept in the entry so an
+    /// established flow keeps reaching its endpoint even after the endpoint
+    /// leaves the Service, as with kube-proxy's conntrack.
+    pub backend_addr: u32,
+    /// The backend's port, network byte order.
+    pub backend_port: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     #![allow(
@@ -96,6 +283,12 @@ mod pod {
     )]
     unsafe impl aya::Pod for super::IfaceCounterKey {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::ServiceKeyV4 {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::BackendV4 {}
+    unsafe impl aya::Pod for super::RevNatV4 {}
+    unsafe impl aya::Pod for super::CtKeyV4 {}
+    unsafe impl aya::Pod for super::CtValue {}
 }
 
 #[cfg(test)]
@@ -106,6 +299,12 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(core::mem::size_of::<IfaceCounterKey>(), 8);
         assert_eq!(core::mem::size_of::<Counters>(), 16);
+        assert_eq!(core::mem::size_of::<ServiceKeyV4>(), 12);
+        assert_eq!(core::mem::size_of::<ServiceValue>(), 16);
+        assert_eq!(core::mem::size_of::<BackendV4>(), 8);
+        assert_eq!(core::mem::size_of::<RevNatV4>(), 8);
+        assert_eq!(core::mem::size_of::<CtKeyV4>(), 16);
+        assert_eq!(core::mem::size_of::<CtValue>(), 24);
     }
 
     #[test]

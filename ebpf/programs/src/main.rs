@@ -7,6 +7,8 @@
 #![no_std]
 #![no_main]
 
+mod service;
+
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
     macros::{classifier, map, xdp},

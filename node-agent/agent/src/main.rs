@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
-use coxswain_dataplane::{Dataplane, TcDirection, XdpMode, locate_object};
+use coxswain_dataplane::{Dataplane, LoadOptions, TcDirection, XdpMode, locate_object};
 use tracing::info;
 
 /// Coxswain's node agent.
@@ -39,6 +39,10 @@ struct Args {
     /// output of `cargo xtask build-ebpf`).
     #[arg(long, value_name = "PATH")]
     bpf_object: Option<PathBuf>,
+
+    /// bpffs directory for pinned maps and links (kept across restarts).
+    #[arg(long, value_name = "DIR", default_value = coxswain_dataplane::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
 
     /// Address of the metrics and health endpoint.
     #[arg(long, default_value = "127.0.0.1:10249")]
@@ -84,7 +88,10 @@ async fn main() -> Result<()> {
         bail!("no interface given: name at least one with --iface or --xdp-iface");
     }
     let object = locate_object(args.bpf_object.as_deref())?;
-    let mut dataplane = Dataplane::load_file(&object)?;
+    let options = LoadOptions {
+        pin_dir: args.pin_dir.clone(),
+    };
+    let mut dataplane = Dataplane::load_file_with(&object, &options)?;
     for iface in &args.ifaces {
         for direction in [TcDirection::Ingress, TcDirection::Egress] {
             dataplane

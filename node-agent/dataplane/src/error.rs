@@ -52,6 +52,27 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// The service maps could not be opened.
+    #[error("failed to open the service maps: {0}")]
+    ServiceMaps(#[source] crate::MapWriteError),
+    /// The bpffs pin directory could not be prepared.
+    #[error("failed to prepare bpffs pin directory {path}: {source}")]
+    PinDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A program link could not be pinned or reopened.
+    #[error("failed to pin or reopen link {path}: {source}")]
+    PinLink {
+        /// The pin path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A map could not be opened or read.
     #[error("failed to read map {name}: {source}")]
     Map {

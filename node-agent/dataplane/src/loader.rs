@@ -1,6 +1,6 @@
 //! Loading the object and attaching its programs to interfaces.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf,
@@ -10,7 +10,27 @@ use aya::{
 use coxswain_ebpf_common::{Counters, Hook, IfaceCounterKey, names};
 use tracing::{debug, info, warn};
 
-use crate::{Error, IfaceCounters, Result, sum_per_cpu};
+use crate::{Error, IfaceCounters, KernelServiceMaps, Result, sum_per_cpu};
+
+/// Where maps are pinned unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/coxswain";
+
+/// How to load the object.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// bpffs directory where the service and conntrack maps are pinned. A
+    /// new agent loading with the same directory reuses the maps, so flows
+    /// and Services survive agent restarts and upgrades.
+    pub pin_dir: PathBuf,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+        }
+    }
+}
 
 /// Direction of a tc attachment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +48,8 @@ pub enum TcDirection {
 /// links are owned by the process).
 pub struct Dataplane {
     ebpf: Ebpf,
+    pin_dir: PathBuf,
+    service_maps: KernelServiceMaps,
     /// Kept alive for as long as the programs run: dropping the logger closes
     /// the log ring buffer, and any later program load would fail.
     log_pump: Option<LogPump>,
@@ -55,20 +77,31 @@ impl Drop for Dataplane {
 }
 
 impl Dataplane {
-    /// Reads and loads the object at `path`.
+    /// Reads and loads the object at `path`, pinning maps in
+    /// [`DEFAULT_PIN_DIR`].
     pub fn load_file(path: &Path) -> Result<Self> {
+        Self::load_file_with(path, &LoadOptions::default())
+    }
+
+    /// Reads and loads the object at `path`.
+    pub fn load_file_with(path: &Path, options: &LoadOptions) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| Error::ReadObject {
             path: path.to_owned(),
             source,
         })?;
-        info!(path = %path.display(), size = bytes.len(), "loading eBPF object");
-        Self::load(&bytes)
+        info!(path = %path.display(), size = bytes.len(), pin_dir = %options.pin_dir.display(), "loading eBPF object");
+        Self::load(&bytes, options)
     }
 
     /// Loads an object from memory: creates its maps, but loads no program
     /// into the kernel until it is first attached.
-    pub fn load(bytes: &[u8]) -> Result<Self> {
-        let mut ebpf = Ebpf::load(bytes).map_err(Error::Load)?;
+    pub fn load(bytes: &[u8], options: &LoadOptions) -> Result<Self> {
+        crate::bpffs::ensure_pin_dir(&options.pin_dir)?;
+        let mut ebpf = aya::EbpfLoader::new()
+            .default_map_pin_directory(&options.pin_dir)
+            .load(bytes)
+            .map_err(Error::Load)?;
+        let service_maps = KernelServiceMaps::take(&mut ebpf).map_err(Error::ServiceMaps)?;
         let log_pump = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(spawn_log_pump(logger)),
             Err(e) => {
@@ -76,7 +109,12 @@ impl Dataplane {
                 None
             }
         };
-        Ok(Self { ebpf, log_pump })
+        Ok(Self {
+            ebpf,
+            pin_dir: options.pin_dir.clone(),
+            service_maps,
+            log_pump,
+        })
     }
 
     fn program<T>(&mut self, name: &'static str) -> Result<&mut T>
@@ -131,6 +169,83 @@ impl Dataplane {
         })?;
         info!(iface, program = name, ?mode, "attached xdp program");
         Ok(())
+    }
+
+    /// The service maps, to program Services.
+    pub fn service_maps(&mut self) -> &mut KernelServiceMaps {
+        &mut self.service_maps
+    }
+
+    /// Attaches the Service translation program to `iface` on tc ingress:
+    /// every interface where client traffic or backend replies enter the
+    /// node's datapath.
+    ///
+    /// On Linux >= 6.6 the tcx link is pinned in the pin directory, so the
+    /// program keeps translating while the agent restarts; a new agent finds
+    /// the pinned link and atomically swaps its own program in. Remove the
+    /// pin ([`Dataplane::detach_service_tc`]) to detach.
+    pub fn attach_service_tc(&mut self, iface: &str) -> Result<()> {
+        use aya::programs::{
+            LinkOrder,
+            links::{FdLink, PinnedLink},
+            tc::{SchedClassifierLink, TcAttachOptions},
+        };
+        let name = names::PROG_SERVICE_TC;
+        let pin = self.link_pin_path(iface);
+        let link_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
+            path: pin.clone(),
+            source,
+        };
+        if !has_tcx() {
+            if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
+                debug!(iface, error = %e, "clsact qdisc not added");
+            }
+            let program: &mut SchedClassifier = self.program(name)?;
+            program
+                .attach(iface, TcAttachType::Ingress)
+                .map_err(|source| Error::Attach { name, iface: iface.to_owned(), source })?;
+            info!(iface, program = name, "attached service program (netlink; not kept across restarts)");
+            return Ok(());
+        }
+        let existing = PinnedLink::from_pin(&pin).ok();
+        let program: &mut SchedClassifier = self.program(name)?;
+        match existing {
+            Some(old) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| link_err(e.into()))?;
+                let id = program
+                    .attach_to_link(link)
+                    .map_err(|source| Error::Attach { name, iface: iface.to_owned(), source })?;
+                // Already pinned: dropping our handle leaves it attached.
+                let _ = program.take_link(id);
+                info!(iface, program = name, pin = %pin.display(), "replaced service program in pinned link");
+            }
+            None => {
+                let id = program
+                    .attach_with_options(iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .map_err(|source| Error::Attach { name, iface: iface.to_owned(), source })?;
+                let link = program
+                    .take_link(id)
+                    .map_err(|source| Error::Attach { name, iface: iface.to_owned(), source })?;
+                let link = FdLink::try_from(link).map_err(|e| link_err(e.into()))?;
+                link.pin(&pin).map_err(|e| link_err(e.into()))?;
+                info!(iface, program = name, pin = %pin.display(), "attached service program");
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches the Service program from `iface` by removing its pinned
+    /// link. Absent is not an error.
+    pub fn detach_service_tc(&self, iface: &str) -> Result<()> {
+        let pin = self.link_pin_path(iface);
+        match std::fs::remove_file(&pin) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::PinDir { path: pin, source: e }),
+            _ => Ok(()),
+        }
+    }
+
+    fn link_pin_path(&self, iface: &str) -> PathBuf {
+        self.pin_dir.join(format!("link_service_tc_{iface}"))
     }
 
     /// Reads the per-interface counters, summed over CPUs.

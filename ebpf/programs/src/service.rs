@@ -1,0 +1,236 @@
+//! Service load balancing at tc: Service address → backend (DNAT) for new
+//! and established flows, and backend → Service address (reverse NAT) for
+//! replies. Two hash lookups per new flow, one per packet of an established
+//! flow, whatever the number of Services.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::{classifier, map},
+    maps::{HashMap, LruHashMap},
+    programs::TcContext,
+};
+use coxswain_ebpf_common::{
+    BACKENDS_MAX_ENTRIES, BackendV4, CONNTRACK_MAX_ENTRIES, CtKeyV4, CtValue, REV_NAT_MAX_ENTRIES,
+    RevNatV4, SERVICES_MAX_ENTRIES, ServiceKeyV4, ServiceValue, ct_dir, proto, scope,
+};
+
+/// Service master and slot entries (see `ServiceKeyV4`). Pinned by name so
+/// that a restarted agent finds the same maps and established flows keep
+/// their backends.
+#[map]
+static SERVICES_V4: HashMap<ServiceKeyV4, ServiceValue> =
+    HashMap::pinned(SERVICES_MAX_ENTRIES, 0);
+
+#[map]
+static BACKENDS_V4: HashMap<u32, BackendV4> = HashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
+
+#[map]
+static REV_NAT_V4: HashMap<u32, RevNatV4> = HashMap::pinned(REV_NAT_MAX_ENTRIES, 0);
+
+#[map]
+static CONNTRACK_V4: LruHashMap<CtKeyV4, CtValue> = LruHashMap::pinned(CONNTRACK_MAX_ENTRIES, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+const IP_SRC_OFF: usize = ETH_HLEN + 12;
+const IP_DST_OFF: usize = ETH_HLEN + 16;
+
+#[classifier]
+pub fn service_tc(ctx: TcContext) -> i32 {
+    match try_service(&ctx) {
+        Ok(action) => action,
+        // A packet we cannot parse is not ours to judge.
+        Err(()) => TC_ACT_OK,
+    }
+}
+
+/// The parts of an IPv4 TCP/UDP packet the translation needs.
+struct Flow {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    l4_off: usize,
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Result<Option<Flow>, ()> {
+    let ether_type = u16::from_be(ctx.load::<u16>(12).map_err(|_| ())?);
+    if ether_type != ETH_P_IP {
+        return Ok(None);
+    }
+    let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| ())?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if ihl < 20 {
+        return Err(());
+    }
+    // Only the first fragment carries ports; later fragments pass through.
+    let frag: u16 = u16::from_be(ctx.load(ETH_HLEN + 6).map_err(|_| ())?);
+    if frag & 0x1fff != 0 {
+        return Ok(None);
+    }
+    let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| ())?;
+    if proto != proto::TCP && proto != proto::UDP && proto != proto::SCTP {
+        return Ok(None);
+    }
+    let l4_off = ETH_HLEN + ihl;
+    Ok(Some(Flow {
+        saddr: ctx.load(IP_SRC_OFF).map_err(|_| ())?,
+        daddr: ctx.load(IP_DST_OFF).map_err(|_| ())?,
+        sport: ctx.load(l4_off).map_err(|_| ())?,
+        dport: ctx.load(l4_off + 2).map_err(|_| ())?,
+        proto,
+        l4_off,
+    }))
+}
+
+#[inline(always)]
+fn try_service(ctx: &TcContext) -> Result<i32, ()> {
+    let Some(flow) = parse(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    // A reply from a backend: restore the Service address as the source.
+    let reply_key = CtKeyV4 {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        sport: flow.sport,
+        dport: flow.dport,
+        proto: flow.proto,
+        dir: ct_dir::REPLY,
+        pad: [0; 2],
+    };
+    if let Some(ct) = CONNTRACK_V4.get_ptr_mut(&reply_key) {
+        // SAFETY: a valid map value pointer; a racing writer can only make
+        // the timestamp slightly stale.
+        let service_id = unsafe {
+            (*ct).last_seen_ns = now;
+            (*ct).service_id
+        };
+        if let Some(rev) = REV_NAT_V4.get_ptr(&service_id) {
+            let rev = unsafe { *rev };
+            rewrite(ctx, &flow, IP_SRC_OFF, flow.saddr, rev.addr, flow.l4_off, flow.sport, rev.port)?;
+        }
+        return Ok(TC_ACT_OK);
+    }
+
+    // Addressed to a Service?
+    let master_key = ServiceKeyV4 {
+        addr: flow.daddr,
+        port: flow.dport,
+        slot: 0,
+        proto: flow.proto,
+        scope: scope::ALL,
+        pad: [0; 2],
+    };
+    let Some(master) = SERVICES_V4.get_ptr(&master_key) else {
+        return Ok(TC_ACT_OK);
+    };
+    let master = unsafe { *master };
+
+    let fwd_key = CtKeyV4 {
+        dir: ct_dir::FORWARD,
+        ..reply_key
+    };
+    // An established flow keeps its backend, even after endpoint changes.
+    let (backend_addr, backend_port) = match CONNTRACK_V4.get_ptr_mut(&fwd_key) {
+        Some(ct) => unsafe {
+            (*ct).last_seen_ns = now;
+            ((*ct).backend_addr, (*ct).backend_port)
+        },
+        None => {
+            if master.count == 0 {
+                // No usable endpoint: refuse at once rather than black-hole.
+                return Ok(TC_ACT_SHOT);
+            }
+            let pick = unsafe { bpf_get_prandom_u32() } % u32::from(master.count);
+            let slot_key = ServiceKeyV4 {
+                slot: (pick + 1) as u16,
+                ..master_key
+            };
+            let Some(slot) = SERVICES_V4.get_ptr(&slot_key) else {
+                return Ok(TC_ACT_SHOT);
+            };
+            let backend_id = unsafe { (*slot).backend_id };
+            let Some(b) = BACKENDS_V4.get_ptr(&backend_id) else {
+                return Ok(TC_ACT_SHOT);
+            };
+            let b = unsafe { *b };
+            let value = CtValue {
+                backend_id,
+                service_id: master.service_id,
+                last_seen_ns: now,
+                backend_addr: b.addr,
+                backend_port: b.port,
+                pad: 0,
+            };
+            // The reply tuple: backend → client.
+            let back_key = CtKeyV4 {
+                saddr: b.addr,
+                daddr: flow.saddr,
+                sport: b.port,
+                dport: flow.sport,
+                proto: flow.proto,
+                dir: ct_dir::REPLY,
+                pad: [0; 2],
+            };
+            // When the table is full, LRU eviction makes room; a failed
+            // insert only means this flow is balanced again on its next
+            // packet.
+            let _ = CONNTRACK_V4.insert(&fwd_key, &value, 0);
+            let _ = CONNTRACK_V4.insert(&back_key, &value, 0);
+            (b.addr, b.port)
+        }
+    };
+    rewrite(ctx, &flow, IP_DST_OFF, flow.daddr, backend_addr, flow.l4_off + 2, flow.dport, backend_port)?;
+    Ok(TC_ACT_OK)
+}
+
+/// Rewrites one address and one port of the packet, fixing the IPv4 and L4
+/// checksums incrementally.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, reason = "one packet rewrite, all scalars")]
+fn rewrite(
+    ctx: &TcContext,
+    flow: &Flow,
+    addr_off: usize,
+    old_addr: u32,
+    new_addr: u32,
+    port_off: usize,
+    old_port: u16,
+    new_port: u16,
+) -> Result<(), ()> {
+    let csum_off = match flow.proto {
+        proto::TCP => Some((flow.l4_off + 16, 0u64)),
+        proto::UDP => Some((flow.l4_off + 6, u64::from(BPF_F_MARK_MANGLED_0))),
+        // SCTP uses a CRC32c over the payload, not affected by addresses
+        // or ports of the pseudo header.
+        _ => None,
+    };
+    if old_addr != new_addr {
+        if let Some((off, extra)) = csum_off {
+            ctx.l4_csum_replace(
+                off,
+                u64::from(old_addr),
+                u64::from(new_addr),
+                u64::from(BPF_F_PSEUDO_HDR) | extra | 4,
+            )
+            .map_err(|_| ())?;
+        }
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_addr), u64::from(new_addr), 4)
+            .map_err(|_| ())?;
+        ctx.store(addr_off, &new_addr, 0).map_err(|_| ())?;
+    }
+    if old_port != new_port {
+        if let Some((off, extra)) = csum_off {
+            ctx.l4_csum_replace(off, u64::from(old_port), u64::from(new_port), extra | 2)
+                .map_err(|_| ())?;
+        }
+        ctx.store(port_off, &new_port, 0).map_err(|_| ())?;
+    }
+    Ok(())
+}
