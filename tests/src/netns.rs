@@ -20,14 +20,20 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this process and call, e.g. `cx12345-3`.
 pub fn unique_name(prefix: &str) -> String {
-    format!("{prefix}{}-{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}-{}",
+        std::process::id() % 100_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl NetNs {
     /// Creates a namespace with loopback up.
     pub fn create(name: &str) -> Result<Self> {
         ip(&["netns", "add", name])?;
-        let ns = NetNs { name: name.to_owned() };
+        let ns = NetNs {
+            name: name.to_owned(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -61,7 +67,8 @@ impl NetNs {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    let file = File::open(&path).with_context(|| format!("failed to open {path}"))?;
+                    let file =
+                        File::open(&path).with_context(|| format!("failed to open {path}"))?;
                     setns(&file, CloneFlags::CLONE_NEWNET)
                         .with_context(|| format!("failed to enter netns {}", self.name))?;
                     f()
@@ -107,21 +114,46 @@ impl VethPair {
         let a = NetNs::create(&format!("{base}a"))?;
         let b = NetNs::create(&format!("{base}b"))?;
         let (a_if, b_if) = ("veth-a".to_owned(), "veth-b".to_owned());
-        a.ip(&["link", "add", &a_if, "type", "veth", "peer", "name", &b_if, "netns", b.name()])?;
+        a.ip(&[
+            "link",
+            "add",
+            &a_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b_if,
+            "netns",
+            b.name(),
+        ])?;
         let (a_addr, b_addr) = (format!("{subnet}.1"), format!("{subnet}.2"));
         a.ip(&["addr", "add", &format!("{a_addr}/30"), "dev", &a_if])?;
         b.ip(&["addr", "add", &format!("{b_addr}/30"), "dev", &b_if])?;
         a.ip(&["link", "set", &a_if, "up"])?;
         b.ip(&["link", "set", &b_if, "up"])?;
-        Ok(VethPair { a, b, a_if, b_if, a_addr, b_addr })
+        Ok(VethPair {
+            a,
+            b,
+            a_if,
+            b_if,
+            a_addr,
+            b_addr,
+        })
     }
 }
 
 /// Runs `ip` with `args`, failing with its stderr.
 pub fn ip(args: &[&str]) -> Result<String> {
-    let out = Command::new("ip").args(args).output().context("failed to run ip")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("failed to run ip")?;
     if !out.status.success() {
-        bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -159,8 +191,25 @@ impl RoutedTopology {
         for i in 0..hosts {
             let ns = NetNs::create(&format!("{base}h{i}"))?;
             let node_if = format!("h{i}");
-            node.ip(&["link", "add", &node_if, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
-            node.ip(&["addr", "add", &format!("10.{net}.{i}.1/30"), "dev", &node_if])?;
+            node.ip(&[
+                "link",
+                "add",
+                &node_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])?;
+            node.ip(&[
+                "addr",
+                "add",
+                &format!("10.{net}.{i}.1/30"),
+                "dev",
+                &node_if,
+            ])?;
             node.ip(&["link", "set", &node_if, "up"])?;
             ns.ip(&["addr", "add", &format!("10.{net}.{i}.2/30"), "dev", "eth0"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
@@ -207,10 +256,10 @@ impl Default for PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if self.path.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&self.path) {
-                eprintln!("warning: failed to remove {}: {e}", self.path.display());
-            }
+        if self.path.exists()
+            && let Err(e) = std::fs::remove_dir_all(&self.path)
+        {
+            eprintln!("warning: failed to remove {}: {e}", self.path.display());
         }
     }
 }

@@ -38,7 +38,10 @@ impl Fixture {
         require_root();
         let topo = RoutedTopology::create(net, 4).expect("create topology");
         let servers = (1..=3)
-            .map(|i| NameServer::start(&topo.hosts[i].ns, &format!("b{i}"), TARGET_PORT).expect("start server"))
+            .map(|i| {
+                NameServer::start(&topo.hosts[i].ns, &format!("b{i}"), TARGET_PORT)
+                    .expect("start server")
+            })
             .collect();
         let pins = PinDir::new();
         let dataplane = load_and_attach(&topo, &pins).expect("load dataplane");
@@ -67,7 +70,12 @@ impl Fixture {
 fn load_and_attach(topo: &RoutedTopology, pins: &PinDir) -> Result<Dataplane> {
     let object = locate_object(None)?;
     topo.node.run_in(|| {
-        let mut dataplane = Dataplane::load_file_with(&object, &LoadOptions { pin_dir: pins.path().to_owned() })?;
+        let mut dataplane = Dataplane::load_file_with(
+            &object,
+            &LoadOptions {
+                pin_dir: pins.path().to_owned(),
+            },
+        )?;
         for host in &topo.hosts {
             dataplane.attach_service_tc(&host.node_if)?;
         }
@@ -88,9 +96,22 @@ fn key(port: u16, protocol: u8, slot: u16) -> ServiceKeyV4 {
 
 /// Programs `VIP:port` with `backends` (id, backend), growing safely:
 /// backends, slots, reverse NAT, then the master entry.
-fn program(maps: &mut impl ServiceMaps, port: u16, protocol: u8, service_id: u32, backends: &[(u32, BackendV4)]) {
+fn program(
+    maps: &mut impl ServiceMaps,
+    port: u16,
+    protocol: u8,
+    service_id: u32,
+    backends: &[(u32, BackendV4)],
+) {
     for (id, b) in backends {
-        maps.update_backend(*id, BackendV4 { proto: protocol, ..*b }).unwrap();
+        maps.update_backend(
+            *id,
+            BackendV4 {
+                proto: protocol,
+                ..*b
+            },
+        )
+        .unwrap();
     }
     for (slot, (id, _)) in backends.iter().enumerate() {
         let value = ServiceValue {
@@ -98,7 +119,8 @@ fn program(maps: &mut impl ServiceMaps, port: u16, protocol: u8, service_id: u32
             service_id,
             ..Default::default()
         };
-        maps.update_service(key(port, protocol, slot as u16 + 1), value).unwrap();
+        maps.update_service(key(port, protocol, slot as u16 + 1), value)
+            .unwrap();
     }
     let rev = RevNatV4 {
         addr: u32::from(VIP).to_be(),
@@ -143,13 +165,18 @@ fn clusterip_tcp_spreads_connections_over_every_backend() {
 
     let mut seen = BTreeMap::<String, usize>::new();
     for i in 0..60 {
-        let mut stream = connect(fx.client(), 80).unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        let mut stream =
+            connect(fx.client(), 80).unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
         let name = ask(&mut stream, "hello").unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
         *seen.entry(name).or_default() += 1;
     }
     // Random choice among 3: each is missed by 60 connections with
     // probability (2/3)^60 < 1e-10.
-    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["b1", "b2", "b3"], "spread: {seen:?}");
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        ["b1", "b2", "b3"],
+        "spread: {seen:?}"
+    );
 }
 
 #[test]
@@ -168,7 +195,9 @@ fn clusterip_udp_replies_come_from_the_service_address() {
                 socket.set_read_timeout(Some(TIMEOUT))?;
                 socket.send_to(format!("q{i}").as_bytes(), SocketAddrV4::new(VIP, 53))?;
                 let mut buf = [0u8; 256];
-                let (n, from) = socket.recv_from(&mut buf).with_context(|| format!("datagram {i}"))?;
+                let (n, from) = socket
+                    .recv_from(&mut buf)
+                    .with_context(|| format!("datagram {i}"))?;
                 out.push((from, String::from_utf8_lossy(&buf[..n]).into_owned()));
             }
             Ok(out)
@@ -176,12 +205,20 @@ fn clusterip_udp_replies_come_from_the_service_address() {
         .expect("udp exchange");
     let mut names = std::collections::BTreeSet::new();
     for (i, (from, reply)) in replies.iter().enumerate() {
-        assert_eq!(*from, SocketAddr::from((VIP, 53)), "reply {i} not reverse-translated");
+        assert_eq!(
+            *from,
+            SocketAddr::from((VIP, 53)),
+            "reply {i} not reverse-translated"
+        );
         let (name, echoed) = reply.split_once(':').expect("named reply");
         assert_eq!(echoed, format!("q{i}"));
         names.insert(name.to_owned());
     }
-    assert_eq!(names.len(), 3, "30 UDP flows should reach all 3 backends: {names:?}");
+    assert_eq!(
+        names.len(),
+        3,
+        "30 UDP flows should reach all 3 backends: {names:?}"
+    );
 }
 
 #[test]
@@ -196,25 +233,219 @@ fn established_flow_survives_endpoint_removal_and_agent_restart() {
 
     // The chosen endpoint leaves the Service: shrink (master first), then
     // drop its slot and backend entry, as the sync engine does.
-    let remaining: Vec<_> = backends.iter().copied().filter(|(id, _)| *id != chosen as u32).collect();
+    let remaining: Vec<_> = backends
+        .iter()
+        .copied()
+        .filter(|(id, _)| *id != chosen as u32)
+        .collect();
     {
         let maps = fx.dataplane.service_maps();
         program(maps, 80, proto::TCP, 1, &remaining);
         maps.delete_service(key(80, proto::TCP, 3)).unwrap();
         maps.delete_backend(chosen as u32).unwrap();
     }
-    assert_eq!(ask(&mut stream, "two").expect("after endpoint removal"), first, "established flow moved");
+    assert_eq!(
+        ask(&mut stream, "two").expect("after endpoint removal"),
+        first,
+        "established flow moved"
+    );
     for i in 0..10 {
         let mut other = connect(fx.client(), 80).expect("new connection");
         let name = ask(&mut other, "new").expect("new connection request");
-        assert_ne!(name, first, "new connection {i} reached the removed endpoint");
+        assert_ne!(
+            name, first,
+            "new connection {i} reached the removed endpoint"
+        );
     }
 
     // Restart: the agent's programs go away and a new instance loads with
     // the same pin directory. The pinned conntrack keeps the flow.
-    let Fixture { dataplane, topo, pins, _servers } = fx;
+    let Fixture {
+        dataplane,
+        topo,
+        pins,
+        _servers,
+    } = fx;
     drop(dataplane);
     let _dataplane = load_and_attach(&topo, &pins).expect("reload");
-    assert_eq!(ask(&mut stream, "three").expect("after restart"), first, "flow lost across restart");
+    assert_eq!(
+        ask(&mut stream, "three").expect("after restart"),
+        first,
+        "flow lost across restart"
+    );
     drop(stream);
+}
+
+#[test]
+fn service_without_endpoints_refuses_at_once() {
+    let mut fx = Fixture::new(206);
+    program(fx.dataplane.service_maps(), 80, proto::TCP, 1, &[]);
+    program(fx.dataplane.service_maps(), 53, proto::UDP, 2, &[]);
+
+    let (tcp, udp) = fx
+        .client()
+        .run_in(|| {
+            let start = std::time::Instant::now();
+            let tcp = TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), TIMEOUT)
+                .map(|_| ())
+                .map_err(|e| (e.kind(), start.elapsed()));
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.connect(SocketAddrV4::new(VIP, 53))?;
+            socket.set_read_timeout(Some(TIMEOUT))?;
+            socket.send(b"anyone?")?;
+            let start = std::time::Instant::now();
+            let udp = socket
+                .recv(&mut [0u8; 64])
+                .map(|_| ())
+                .map_err(|e| (e.kind(), start.elapsed()));
+            Ok((tcp, udp))
+        })
+        .expect("client");
+    for (what, result) in [("tcp connect", tcp), ("udp recv", udp)] {
+        let (kind, elapsed) = result.expect_err(what);
+        assert_eq!(
+            kind,
+            std::io::ErrorKind::ConnectionRefused,
+            "{what}: {kind:?} after {elapsed:?}"
+        );
+        // Refused by the first packet's answer, not by a retransmission.
+        assert!(
+            elapsed < Duration::from_millis(900),
+            "{what} refused only after {elapsed:?}"
+        );
+    }
+
+    // The same Service with an endpoint answers again.
+    let backend = fx.backend(1);
+    program(
+        fx.dataplane.service_maps(),
+        80,
+        proto::TCP,
+        1,
+        &[(1, backend)],
+    );
+    let mut stream = connect(fx.client(), 80).expect("connect after endpoint appears");
+    assert_eq!(ask(&mut stream, "hi").expect("request"), "b1");
+}
+
+/// A cgroup v2 directory for one test, removed on drop.
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn new() -> Self {
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(std::path::Path::new)
+            .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.subtree_control").exists())
+            .expect("a cgroup v2 hierarchy");
+        let dir = root.join(coxswain_tests::netns::unique_name("coxswain-test-"));
+        std::fs::create_dir(&dir).expect("create test cgroup");
+        TestCgroup(dir)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Runs a Python snippet as a process of the node (its netns) inside
+/// `cgroup`. `nsenter` rather than `ip netns exec`, which would remount
+/// /sys and hide the cgroup hierarchy.
+fn node_python(fx: &Fixture, cgroup: &TestCgroup, code: &str) -> String {
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec python3 -c \"$0\"",
+        cgroup.0.display()
+    );
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", fx.topo.node.name()))
+        .args(["sh", "-c", &script, code])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn host_sockets_reach_services_through_socket_load_balancing() {
+    let mut fx = Fixture::new(207);
+    let backends: Vec<_> = (1..=3).map(|i| (i as u32, fx.backend(i))).collect();
+    program(fx.dataplane.service_maps(), 80, proto::TCP, 1, &backends);
+    program(fx.dataplane.service_maps(), 53, proto::UDP, 2, &backends);
+    program(fx.dataplane.service_maps(), 81, proto::TCP, 3, &[]);
+    let cgroup = TestCgroup::new();
+    fx.dataplane
+        .attach_socket_lb(&cgroup.0)
+        .expect("attach socket lb");
+
+    // TCP: every connection lands on a backend; the peer name stays the
+    // Service address.
+    let tcp = node_python(
+        &fx,
+        &cgroup,
+        r#"
+import socket
+names = set()
+for i in range(30):
+    s = socket.create_connection(('10.96.0.10', 80), 2)
+    s.sendall(b'x')
+    names.add(s.recv(64).decode().split(':')[0])
+    assert s.getpeername() == ('10.96.0.10', 80), s.getpeername()
+    s.close()
+print(','.join(sorted(names)))
+"#,
+    );
+    assert_eq!(tcp, "b1,b2,b3");
+
+    // Unconnected UDP: replies appear to come from the Service.
+    let udp = node_python(
+        &fx,
+        &cgroup,
+        r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.sendto(b'q', ('10.96.0.10', 53))
+data, peer = s.recvfrom(64)
+print(peer[0], peer[1], data.decode().split(':')[1])
+"#,
+    );
+    assert_eq!(udp, "10.96.0.10 53 q");
+
+    // No endpoints: refused by connect() itself.
+    let refused = node_python(
+        &fx,
+        &cgroup,
+        r#"
+import socket
+try:
+    socket.create_connection(('10.96.0.10', 81), 2)
+    print('connected')
+except ConnectionRefusedError:
+    print('refused')
+"#,
+    );
+    assert_eq!(refused, "refused");
+
+    // Detached: the same connect is no longer translated, and since the
+    // node has no route for the ClusterIP it fails locally.
+    fx.dataplane.detach_socket_lb(&cgroup.0).expect("detach");
+    let after = node_python(
+        &fx,
+        &cgroup,
+        r#"
+import socket
+try:
+    socket.create_connection(('10.96.0.10', 80), 1)
+    print('connected')
+except OSError as e:
+    print('failed')
+"#,
+    );
+    assert_eq!(after, "failed");
 }

@@ -48,7 +48,11 @@ pub fn exec(cmd: &mut Command) -> Result<()> {
 /// Runs a command and returns its stdout, or `None` when it fails to run or
 /// exits non-zero. For probes ("is X installed?").
 pub fn probe(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     build_ebpf,
-    cmd::{is_root, probe, repo_root, exec, run_quiet, step},
+    cmd::{exec, is_root, probe, repo_root, run_quiet, step},
     setup,
 };
 
@@ -54,7 +54,11 @@ fn pid_file(data_dir: &Path) -> PathBuf {
 
 /// The pid in the pid file, if that process is a running node agent.
 fn running_agent(data_dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file(data_dir)).ok()?.trim().parse().ok()?;
+    let pid: u32 = std::fs::read_to_string(pid_file(data_dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     String::from_utf8_lossy(&cmdline)
         .contains("coxswain-node-agent")
@@ -64,10 +68,15 @@ fn running_agent(data_dir: &Path) -> Option<u32> {
 /// Builds everything and starts the node agent on the demo interface.
 pub fn up(opts: &UpOptions) -> Result<()> {
     if !is_root() {
-        bail!("`cargo xtask up` loads eBPF programs and creates network namespaces: run it as root");
+        bail!(
+            "`cargo xtask up` loads eBPF programs and creates network namespaces: run it as root"
+        );
     }
     if let Some(pid) = running_agent(&opts.data_dir) {
-        step("up", format!("already running (node agent pid {pid}); nothing changed"));
+        step(
+            "up",
+            format!("already running (node agent pid {pid}); nothing changed"),
+        );
         print_next_steps(&opts.data_dir);
         return Ok(());
     }
@@ -77,11 +86,18 @@ pub fn up(opts: &UpOptions) -> Result<()> {
     }
     build_ebpf::run(&build_ebpf::Options { release: true })?;
     step("up", "building coxswain-node-agent (release)");
-    exec(Command::new(env!("CARGO"))
-        .current_dir(repo_root())
-        .args(["build", "--release", "--locked", "-p", "coxswain-node-agent"]))?;
+    exec(Command::new(env!("CARGO")).current_dir(repo_root()).args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "coxswain-node-agent",
+    ]))?;
 
-    step("up", format!("creating network namespace {NETNS} and veth {HOST_IFACE} <-> {PEER_IFACE}"));
+    step(
+        "up",
+        format!("creating network namespace {NETNS} and veth {HOST_IFACE} <-> {PEER_IFACE}"),
+    );
     create_demo_topology()?;
 
     std::fs::create_dir_all(&opts.data_dir)
@@ -90,10 +106,23 @@ pub fn up(opts: &UpOptions) -> Result<()> {
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("failed to create {}", log_path.display()))?;
     let agent = repo_root().join("target/release/coxswain-node-agent");
-    step("up", format!("starting {} (log: {})", agent.display(), log_path.display()));
+    step(
+        "up",
+        format!("starting {} (log: {})", agent.display(), log_path.display()),
+    );
     let child = Command::new(&agent)
-        .args(["--iface", HOST_IFACE, "--xdp-iface", HOST_IFACE, "--metrics-addr", METRICS_ADDR])
-        .env("COXSWAIN_EBPF_OBJECT", repo_root().join("target/bpfel-unknown-none/release/coxswain-ebpf"))
+        .args([
+            "--iface",
+            HOST_IFACE,
+            "--xdp-iface",
+            HOST_IFACE,
+            "--metrics-addr",
+            METRICS_ADDR,
+        ])
+        .env(
+            "COXSWAIN_EBPF_OBJECT",
+            repo_root().join("target/bpfel-unknown-none/release/coxswain-ebpf"),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -101,20 +130,27 @@ pub fn up(opts: &UpOptions) -> Result<()> {
         .with_context(|| format!("failed to start {}", agent.display()))?;
     std::fs::write(pid_file(&opts.data_dir), child.id().to_string())?;
     wait_healthy(&log_path)?;
-    step("up", format!("node agent ready in {:.0} s", start.elapsed().as_secs_f64()));
+    step(
+        "up",
+        format!("node agent ready in {:.0} s", start.elapsed().as_secs_f64()),
+    );
     print_next_steps(&opts.data_dir);
     Ok(())
 }
 
 fn create_demo_topology() -> Result<()> {
-    let exists = probe(Command::new("ip").args(["netns", "list"]))
-        .is_some_and(|list| list.lines().any(|l| l.split_whitespace().next() == Some(NETNS)));
+    let exists = probe(Command::new("ip").args(["netns", "list"])).is_some_and(|list| {
+        list.lines()
+            .any(|l| l.split_whitespace().next() == Some(NETNS))
+    });
     if exists {
         return Ok(());
     }
     run_quiet(Command::new("ip").args(["netns", "add", NETNS]))?;
     let steps: &[&[&str]] = &[
-        &["link", "add", HOST_IFACE, "type", "veth", "peer", "name", PEER_IFACE, "netns", NETNS],
+        &[
+            "link", "add", HOST_IFACE, "type", "veth", "peer", "name", PEER_IFACE, "netns", NETNS,
+        ],
         &["addr", "add", HOST_ADDR, "dev", HOST_IFACE],
         &["link", "set", HOST_IFACE, "up"],
         &["-n", NETNS, "addr", "add", PEER_ADDR, "dev", PEER_IFACE],
@@ -136,7 +172,10 @@ fn wait_healthy(log_path: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let log = std::fs::read_to_string(log_path).unwrap_or_default();
-    bail!("the node agent did not become healthy within 30 s; its log ({}):\n{log}", log_path.display())
+    bail!(
+        "the node agent did not become healthy within 30 s; its log ({}):\n{log}",
+        log_path.display()
+    )
 }
 
 /// A minimal HTTP/1.0 GET, enough to probe the agent's health endpoint
@@ -154,10 +193,16 @@ fn print_next_steps(data_dir: &Path) {
     println!();
     println!("The node agent counts packets on {HOST_IFACE} (tc ingress/egress and XDP).");
     println!("Try:");
-    println!("  ip netns exec {NETNS} ping -c 3 {}", HOST_ADDR.split('/').next().unwrap_or_default());
+    println!(
+        "  ip netns exec {NETNS} ping -c 3 {}",
+        HOST_ADDR.split('/').next().unwrap_or_default()
+    );
     println!("  curl -s http://{METRICS_ADDR}/metrics | grep coxswain_iface");
     println!("  curl -s http://{METRICS_ADDR}/dataplane/counters");
-    println!("Logs: {}   Stop: cargo xtask down", data_dir.join("node-agent.log").display());
+    println!(
+        "Logs: {}   Stop: cargo xtask down",
+        data_dir.join("node-agent.log").display()
+    );
 }
 
 /// Stops the agent and removes the demo topology.
@@ -178,10 +223,15 @@ pub fn down(opts: &DownOptions) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(pid_file(&opts.data_dir));
-    let exists = probe(Command::new("ip").args(["netns", "list"]))
-        .is_some_and(|list| list.lines().any(|l| l.split_whitespace().next() == Some(NETNS)));
+    let exists = probe(Command::new("ip").args(["netns", "list"])).is_some_and(|list| {
+        list.lines()
+            .any(|l| l.split_whitespace().next() == Some(NETNS))
+    });
     if exists {
-        step("down", format!("deleting network namespace {NETNS} (and veth {HOST_IFACE})"));
+        step(
+            "down",
+            format!("deleting network namespace {NETNS} (and veth {HOST_IFACE})"),
+        );
         run_quiet(Command::new("ip").args(["netns", "del", NETNS]))?;
     }
     // The host end normally goes with its peer; remove it if it lingers.
@@ -191,7 +241,10 @@ pub fn down(opts: &DownOptions) -> Result<()> {
     // Pinned maps and links outlive the agent by design; `down` removes them.
     let pins = Path::new(PIN_DIR);
     if pins.exists() {
-        step("down", format!("removing pinned maps and links in {PIN_DIR}"));
+        step(
+            "down",
+            format!("removing pinned maps and links in {PIN_DIR}"),
+        );
         std::fs::remove_dir_all(pins).with_context(|| format!("failed to remove {PIN_DIR}"))?;
     }
     if opts.purge && opts.data_dir.exists() {

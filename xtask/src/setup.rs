@@ -4,7 +4,7 @@ use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cmd::{probe, exec, run_quiet, step, tools_dir, is_root};
+use crate::cmd::{exec, is_root, probe, run_quiet, step, tools_dir};
 
 /// Debian packages the project and its tests use.
 pub const DEBIAN_PACKAGES: &[&str] = &[
@@ -82,15 +82,23 @@ pub fn run() -> Result<()> {
             Some(what) => {
                 step(&tag, format!("installing: {what}"));
                 let t = Instant::now();
-                (s.install)().with_context(|| format!("setup step `{}` failed; fix: {}", s.name, s.fix))?;
+                (s.install)()
+                    .with_context(|| format!("setup step `{}` failed; fix: {}", s.name, s.fix))?;
                 if let Some(still) = (s.missing)() {
-                    bail!("setup step `{}` ran but {still} is still missing; fix: {}", s.name, s.fix);
+                    bail!(
+                        "setup step `{}` ran but {still} is still missing; fix: {}",
+                        s.name,
+                        s.fix
+                    );
                 }
                 step(&tag, format!("done in {:.1} s", t.elapsed().as_secs_f64()));
             }
         }
     }
-    step("setup", format!("complete in {:.1} s", start.elapsed().as_secs_f64()));
+    step(
+        "setup",
+        format!("complete in {:.1} s", start.elapsed().as_secs_f64()),
+    );
     Ok(())
 }
 
@@ -114,10 +122,12 @@ fn missing_packages() -> Option<String> {
 fn install_packages() -> Result<()> {
     let missing = missing_packages().unwrap_or_default();
     exec(Command::new("apt-get").args(["update", "-q"]))?;
-    exec(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(missing.split_whitespace())
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(missing.split_whitespace())
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn missing_rust_src() -> Option<String> {
@@ -139,15 +149,23 @@ fn missing_rust_src() -> Option<String> {
 
 fn install_rust_src() -> Result<()> {
     if probe(Command::new("rustc").arg("+nightly").arg("--version")).is_none() {
-        exec(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        exec(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
 fn nightly_sysroot() -> Result<String> {
-    Ok(run_quiet(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?
-        .trim()
-        .to_owned())
+    Ok(
+        run_quiet(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?
+            .trim()
+            .to_owned(),
+    )
 }
 
 fn missing_bpf_linker() -> Option<String> {
@@ -184,14 +202,27 @@ fn install_bpf_linker() -> Result<()> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&lib, &link)
         .with_context(|| format!("failed to link {} -> {}", link.display(), lib.display()))?;
-    println!("    building bpf-linker against LLVM {major} ({}); this takes a few minutes", lib.display());
-    exec(Command::new("cargo")
-        .args(["install", "bpf-linker", "--no-default-features", "--features"])
-        .arg(format!("llvm-{major}"))
-        .env("LLVM_PREFIX", &prefix)
-        .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", lib_dir.display()))
-        // Build outside the workspace so its profile and lock do not apply.
-        .current_dir(std::env::temp_dir()))
+    println!(
+        "    building bpf-linker against LLVM {major} ({}); this takes a few minutes",
+        lib.display()
+    );
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix)
+            .env(
+                "RUSTFLAGS",
+                format!("-C link-arg=-Wl,-rpath,{}", lib_dir.display()),
+            )
+            // Build outside the workspace so its profile and lock do not apply.
+            .current_dir(std::env::temp_dir()),
+    )
 }
 
 /// The Python virtual environment holding kubectl and the kubernetes client.
@@ -207,7 +238,11 @@ fn missing_venv() -> Option<String> {
     let client_ok = probe(Command::new(&python).args(["-c", "import kubernetes"])).is_some();
     match (kubectl_ok, client_ok) {
         (true, true) => None,
-        _ => Some(format!("{} with {}", venv.display(), PYTHON_PACKAGES.join(", "))),
+        _ => Some(format!(
+            "{} with {}",
+            venv.display(),
+            PYTHON_PACKAGES.join(", ")
+        )),
     }
 }
 
@@ -216,9 +251,11 @@ fn install_venv() -> Result<()> {
     if !venv.join("bin/python").exists() {
         exec(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
     }
-    exec(Command::new(venv.join("bin/pip"))
-        .args(["install", "-q", "--disable-pip-version-check"])
-        .args(PYTHON_PACKAGES))
+    exec(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .args(PYTHON_PACKAGES),
+    )
 }
 
 fn missing_bpffs() -> Option<String> {

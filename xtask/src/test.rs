@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 
 use crate::{
     build_ebpf,
-    cmd::{is_root, repo_root, exec, step},
+    cmd::{exec, is_root, repo_root, step},
     setup,
 };
 
@@ -22,7 +22,9 @@ pub struct Options {
 /// every unit and integration test of the workspace.
 pub fn run(opts: &Options) -> Result<()> {
     if !is_root() {
-        bail!("`cargo xtask test` runs tests in network namespaces and loads eBPF programs: run it as root");
+        bail!(
+            "`cargo xtask test` runs tests in network namespaces and loads eBPF programs: run it as root"
+        );
     }
     let start = Instant::now();
     if setup::anything_missing() {
@@ -42,6 +44,9 @@ pub fn run(opts: &Options) -> Result<()> {
         cmd.arg("--").args(&opts.cargo_args);
     }
     exec(&mut cmd)?;
-    step("test", format!("all tests passed in {:.0} s", start.elapsed().as_secs_f64()));
+    step(
+        "test",
+        format!("all tests passed in {:.0} s", start.elapsed().as_secs_f64()),
+    );
     Ok(())
 }

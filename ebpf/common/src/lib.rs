@@ -29,6 +29,18 @@ pub mod names {
     pub const REV_NAT_V4: &str = "REV_NAT_V4";
     /// LRU hash map: [`CtKeyV4`](crate::CtKeyV4) → [`CtValue`](crate::CtValue).
     pub const CONNTRACK_V4: &str = "CONNTRACK_V4";
+    /// LRU hash map: [`SockRevNatKeyV4`](crate::SockRevNatKeyV4) →
+    /// [`RevNatV4`](crate::RevNatV4): which Service a socket-translated
+    /// backend address stands for.
+    pub const SOCK_REV_NAT_V4: &str = "SOCK_REV_NAT_V4";
+    /// cgroup `connect4`: Service address → backend for host sockets.
+    pub const PROG_SOCK_CONNECT4: &str = "sock_connect4";
+    /// cgroup `sendmsg4`: the same for unconnected UDP.
+    pub const PROG_SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    /// cgroup `recvmsg4`: backend → Service address for UDP replies.
+    pub const PROG_SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    /// cgroup `getpeername4`: the peer of a translated socket is the Service.
+    pub const PROG_SOCK_GETPEERNAME4: &str = "sock_getpeername4";
     /// tc classifier translating Service traffic (ingress of the interfaces
     /// where client traffic enters the node's datapath).
     pub const PROG_SERVICE_TC: &str = "service_tc";
@@ -247,6 +259,24 @@ pub struct CtKeyV4 {
     pub pad: [u8; 2],
 }
 
+/// Upper bound of socket reverse-NAT entries (least recently used evicted).
+pub const SOCK_REV_NAT_MAX_ENTRIES: u32 = 65_536;
+
+/// Key of the socket reverse-NAT map: a socket (by cookie) and the backend
+/// its destination was translated to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockRevNatKeyV4 {
+    /// `bpf_get_socket_cookie` of the socket.
+    pub cookie: u64,
+    /// Backend address, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
 /// Direction of a conntrack entry.
 pub mod ct_dir {
     /// Client → Service: the value names the chosen backend.
@@ -289,6 +319,7 @@ mod pod {
     unsafe impl aya::Pod for super::RevNatV4 {}
     unsafe impl aya::Pod for super::CtKeyV4 {}
     unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::SockRevNatKeyV4 {}
 }
 
 #[cfg(test)]
@@ -305,6 +336,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<RevNatV4>(), 8);
         assert_eq!(core::mem::size_of::<CtKeyV4>(), 16);
         assert_eq!(core::mem::size_of::<CtValue>(), 24);
+        assert_eq!(core::mem::size_of::<SockRevNatKeyV4>(), 16);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 #![no_main]
 
 mod service;
+mod sock;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail},
     macros::{classifier, map},
     maps::{HashMap, LruHashMap},
     programs::TcContext,
@@ -19,11 +19,11 @@ use coxswain_ebpf_common::{
 /// that a restarted agent finds the same maps and established flows keep
 /// their backends.
 #[map]
-static SERVICES_V4: HashMap<ServiceKeyV4, ServiceValue> =
+pub(crate) static SERVICES_V4: HashMap<ServiceKeyV4, ServiceValue> =
     HashMap::pinned(SERVICES_MAX_ENTRIES, 0);
 
 #[map]
-static BACKENDS_V4: HashMap<u32, BackendV4> = HashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
+pub(crate) static BACKENDS_V4: HashMap<u32, BackendV4> = HashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
 
 #[map]
 static REV_NAT_V4: HashMap<u32, RevNatV4> = HashMap::pinned(REV_NAT_MAX_ENTRIES, 0);
@@ -113,7 +113,16 @@ fn try_service(ctx: &TcContext) -> Result<i32, ()> {
         };
         if let Some(rev) = REV_NAT_V4.get_ptr(&service_id) {
             let rev = unsafe { *rev };
-            rewrite(ctx, &flow, IP_SRC_OFF, flow.saddr, rev.addr, flow.l4_off, flow.sport, rev.port)?;
+            rewrite(
+                ctx,
+                &flow,
+                IP_SRC_OFF,
+                flow.saddr,
+                rev.addr,
+                flow.l4_off,
+                flow.sport,
+                rev.port,
+            )?;
         }
         return Ok(TC_ACT_OK);
     }
@@ -144,8 +153,9 @@ fn try_service(ctx: &TcContext) -> Result<i32, ()> {
         },
         None => {
             if master.count == 0 {
-                // No usable endpoint: refuse at once rather than black-hole.
-                return Ok(TC_ACT_SHOT);
+                // No usable endpoint: refuse at once rather than black-hole,
+                // as kube-proxy's REJECT rule does.
+                return Ok(reject(ctx));
             }
             let pick = unsafe { bpf_get_prandom_u32() } % u32::from(master.count);
             let slot_key = ServiceKeyV4 {
@@ -186,8 +196,88 @@ fn try_service(ctx: &TcContext) -> Result<i32, ()> {
             (b.addr, b.port)
         }
     };
-    rewrite(ctx, &flow, IP_DST_OFF, flow.daddr, backend_addr, flow.l4_off + 2, flow.dport, backend_port)?;
+    rewrite(
+        ctx,
+        &flow,
+        IP_DST_OFF,
+        flow.daddr,
+        backend_addr,
+        flow.l4_off + 2,
+        flow.dport,
+        backend_port,
+    )?;
     Ok(TC_ACT_OK)
+}
+
+/// Bytes of the ICMP error built by [`reject`]: Ethernet, IPv4, ICMP, then
+/// the offending packet's IPv4 header and first 8 bytes of its L4 header.
+const REJECT_LEN: usize = ETH_HLEN + 20 + 8 + 28;
+
+/// Turns the packet in place into an ICMP port-unreachable from the Service
+/// address back to the client, and sends it out of the interface it came
+/// in on. The client's TCP `connect()` fails with `ECONNREFUSED`, and a
+/// connected UDP socket reports the same error.
+#[inline(always)]
+fn reject(ctx: &TcContext) -> i32 {
+    match try_reject(ctx) {
+        Ok(action) => action,
+        Err(()) => TC_ACT_SHOT,
+    }
+}
+
+#[inline(always)]
+fn try_reject(ctx: &TcContext) -> Result<i32, ()> {
+    // Only plain 20-byte IPv4 headers; packets with options are dropped.
+    let orig: [u8; ETH_HLEN + 28] = ctx.load(0).map_err(|_| ())?;
+    if orig[ETH_HLEN] != 0x45 {
+        return Err(());
+    }
+    let mut out = [0u8; REJECT_LEN];
+    // Ethernet: back to where the packet came from.
+    out[0..6].copy_from_slice(&orig[6..12]);
+    out[6..12].copy_from_slice(&orig[0..6]);
+    out[12] = 0x08;
+    out[13] = 0x00;
+    // IPv4 header.
+    let ip = ETH_HLEN;
+    out[ip] = 0x45;
+    out[ip + 2..ip + 4].copy_from_slice(&((20 + 8 + 28) as u16).to_be_bytes());
+    out[ip + 8] = 64; // TTL
+    out[ip + 9] = 1; // ICMP
+    out[ip + 12..ip + 16].copy_from_slice(&orig[ip + 16..ip + 20]); // from the Service address
+    out[ip + 16..ip + 20].copy_from_slice(&orig[ip + 12..ip + 16]); // to the client
+    let ip_csum = checksum(&out[ip..ip + 20]);
+    out[ip + 10..ip + 12].copy_from_slice(&ip_csum.to_be_bytes());
+    // ICMP destination unreachable, port unreachable, quoting the packet.
+    let icmp = ip + 20;
+    out[icmp] = 3;
+    out[icmp + 1] = 3;
+    out[icmp + 8..icmp + 36].copy_from_slice(&orig[ETH_HLEN..ETH_HLEN + 28]);
+    let icmp_csum = checksum(&out[icmp..icmp + 36]);
+    out[icmp + 2..icmp + 4].copy_from_slice(&icmp_csum.to_be_bytes());
+
+    // SAFETY: the context pointer the kernel gave this program.
+    let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, REJECT_LEN as u32, 0) };
+    if ret != 0 {
+        return Err(());
+    }
+    ctx.store(0, &out, 0).map_err(|_| ())?;
+    // SAFETY: as above.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}
+
+/// The Internet checksum of `bytes` (even length).
+#[inline(always)]
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for pair in bytes.chunks_exact(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    // Two folds suffice for the short headers summed here (< 2^16 words).
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }
 
 /// Rewrites one address and one port of the packet, fixing the IPv4 and L4

@@ -57,7 +57,10 @@ fn encode_registry(registry: &Registry) -> Response {
             body,
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("failed to encode metrics: {e}"))
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to encode metrics: {e}"),
+        )
             .into_response(),
     }
 }
@@ -121,7 +124,13 @@ impl Collector for IfaceCounterCollector {
         let names = iface_names();
         let labels = |ifindex: &u32, hook: &str| {
             vec![
-                ("iface", names.get(ifindex).cloned().unwrap_or_else(|| ifindex.to_string())),
+                (
+                    "iface",
+                    names
+                        .get(ifindex)
+                        .cloned()
+                        .unwrap_or_else(|| ifindex.to_string()),
+                ),
                 ("hook", hook.to_owned()),
             ]
         };

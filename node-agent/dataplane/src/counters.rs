@@ -22,10 +22,22 @@ mod tests {
     #[test]
     fn sums_every_cpu() {
         let cpus = [
-            Counters { packets: 1, bytes: 60 },
+            Counters {
+                packets: 1,
+                bytes: 60,
+            },
             Counters::default(),
-            Counters { packets: 2, bytes: 1500 },
+            Counters {
+                packets: 2,
+                bytes: 1500,
+            },
         ];
-        assert_eq!(sum_per_cpu(&cpus), Counters { packets: 3, bytes: 1560 });
+        assert_eq!(
+            sum_per_cpu(&cpus),
+            Counters {
+                packets: 3,
+                bytes: 1560
+            }
+        );
     }
 }

@@ -64,6 +64,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The cgroup v2 directory to attach to could not be opened.
+    #[error("failed to open cgroup {path} (a cgroup v2 directory is needed): {source}")]
+    Cgroup {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A program link could not be pinned or reopened.
     #[error("failed to pin or reopen link {path}: {source}")]
     PinLink {

@@ -26,7 +26,7 @@ impl KernelServiceMaps {
                 op: "open",
                 map: name,
                 key: String::new(),
-                source,
+                source: Box::new(source),
             })
         }
         Ok(Self {
@@ -37,12 +37,16 @@ impl KernelServiceMaps {
     }
 }
 
-fn kernel(op: &'static str, map: &'static str, key: impl std::fmt::Debug) -> impl FnOnce(aya::maps::MapError) -> MapWriteError {
+fn kernel(
+    op: &'static str,
+    map: &'static str,
+    key: impl std::fmt::Debug,
+) -> impl FnOnce(aya::maps::MapError) -> MapWriteError {
     move |source| MapWriteError::Kernel {
         op,
         map,
         key: format!("{key:?}"),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -50,20 +54,32 @@ fn kernel(op: &'static str, map: &'static str, key: impl std::fmt::Debug) -> imp
 fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match result {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }
 
 impl ServiceMaps for KernelServiceMaps {
-    fn update_service(&mut self, key: ServiceKeyV4, value: ServiceValue) -> Result<(), MapWriteError> {
+    fn update_service(
+        &mut self,
+        key: ServiceKeyV4,
+        value: ServiceValue,
+    ) -> Result<(), MapWriteError> {
         self.services
             .insert(key, value, 0)
             .map_err(kernel("update", names::SERVICES_V4, key))
     }
 
     fn delete_service(&mut self, key: ServiceKeyV4) -> Result<(), MapWriteError> {
-        ignore_missing(self.services.remove(&key)).map_err(kernel("delete", names::SERVICES_V4, key))
+        ignore_missing(self.services.remove(&key)).map_err(kernel(
+            "delete",
+            names::SERVICES_V4,
+            key,
+        ))
     }
 
     fn update_backend(&mut self, id: u32, backend: BackendV4) -> Result<(), MapWriteError> {

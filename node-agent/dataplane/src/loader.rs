@@ -65,7 +65,10 @@ enum LogPump {
     /// A tokio task drains the ring buffer into `tracing` (through `log`).
     Task(tokio::task::JoinHandle<()>),
     /// No runtime at load time: keep the ring buffer open, undrained.
-    Idle(#[allow(dead_code, reason = "held only to keep the ring buffer open")] aya_log::EbpfLogger<&'static dyn log::Log>),
+    Idle(
+        #[allow(dead_code, reason = "held only to keep the ring buffer open")]
+        Box<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    ),
 }
 
 impl Drop for Dataplane {
@@ -119,7 +122,8 @@ impl Dataplane {
 
     fn program<T>(&mut self, name: &'static str) -> Result<&mut T>
     where
-        for<'a> &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+        for<'a> &'a mut T:
+            TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
         T: LoadOnce,
     {
         let program = self
@@ -129,7 +133,9 @@ impl Dataplane {
         let program: &mut T = program
             .try_into()
             .map_err(|source| Error::Program { name, source })?;
-        program.load_once().map_err(|source| Error::Program { name, source })?;
+        program
+            .load_once()
+            .map_err(|source| Error::Program { name, source })?;
         Ok(program)
     }
 
@@ -162,11 +168,13 @@ impl Dataplane {
     pub fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
         let name = names::PROG_XDP;
         let program: &mut Xdp = self.program(name)?;
-        program.attach(iface, mode).map_err(|source| Error::Attach {
-            name,
-            iface: iface.to_owned(),
-            source,
-        })?;
+        program
+            .attach(iface, mode)
+            .map_err(|source| Error::Attach {
+                name,
+                iface: iface.to_owned(),
+                source,
+            })?;
         info!(iface, program = name, ?mode, "attached xdp program");
         Ok(())
     }
@@ -203,29 +211,52 @@ impl Dataplane {
             let program: &mut SchedClassifier = self.program(name)?;
             program
                 .attach(iface, TcAttachType::Ingress)
-                .map_err(|source| Error::Attach { name, iface: iface.to_owned(), source })?;
-            info!(iface, program = name, "attached service program (netlink; not kept across restarts)");
+                .map_err(|source| Error::Attach {
+                    name,
+                    iface: iface.to_owned(),
+                    source,
+                })?;
+            info!(
+                iface,
+                program = name,
+                "attached service program (netlink; not kept across restarts)"
+            );
             return Ok(());
         }
         let existing = PinnedLink::from_pin(&pin).ok();
         let program: &mut SchedClassifier = self.program(name)?;
         match existing {
             Some(old) => {
-                let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| link_err(e.into()))?;
+                let link = SchedClassifierLink::try_from(FdLink::from(old))
+                    .map_err(|e| link_err(e.into()))?;
                 let id = program
                     .attach_to_link(link)
-                    .map_err(|source| Error::Attach { name, iface: iface.to_owned(), source })?;
+                    .map_err(|source| Error::Attach {
+                        name,
+                        iface: iface.to_owned(),
+                        source,
+                    })?;
                 // Already pinned: dropping our handle leaves it attached.
                 let _ = program.take_link(id);
                 info!(iface, program = name, pin = %pin.display(), "replaced service program in pinned link");
             }
             None => {
                 let id = program
-                    .attach_with_options(iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                    .map_err(|source| Error::Attach { name, iface: iface.to_owned(), source })?;
-                let link = program
-                    .take_link(id)
-                    .map_err(|source| Error::Attach { name, iface: iface.to_owned(), source })?;
+                    .attach_with_options(
+                        iface,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|source| Error::Attach {
+                        name,
+                        iface: iface.to_owned(),
+                        source,
+                    })?;
+                let link = program.take_link(id).map_err(|source| Error::Attach {
+                    name,
+                    iface: iface.to_owned(),
+                    source,
+                })?;
                 let link = FdLink::try_from(link).map_err(|e| link_err(e.into()))?;
                 link.pin(&pin).map_err(|e| link_err(e.into()))?;
                 info!(iface, program = name, pin = %pin.display(), "attached service program");
@@ -239,9 +270,94 @@ impl Dataplane {
     pub fn detach_service_tc(&self, iface: &str) -> Result<()> {
         let pin = self.link_pin_path(iface);
         match std::fs::remove_file(&pin) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::PinDir { path: pin, source: e }),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::PinDir {
+                path: pin,
+                source: e,
+            }),
             _ => Ok(()),
         }
+    }
+
+    /// Attaches socket load balancing (cgroup `connect4`, `sendmsg4`,
+    /// `recvmsg4`, `getpeername4`) to the cgroup v2 directory `cgroup`, so
+    /// that processes in it (the whole node, for the root cgroup) reach
+    /// Services without any packet to a Service address leaving a socket.
+    ///
+    /// The links are pinned, so translation continues while the agent
+    /// restarts. A restarted agent attaches its own programs first, then
+    /// replaces the old pins; in between both run, which is harmless: the
+    /// second sees a backend address, not a Service.
+    pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<()> {
+        use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink};
+        let dir = std::fs::File::open(cgroup).map_err(|source| Error::Cgroup {
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        for name in [
+            names::PROG_SOCK_CONNECT4,
+            names::PROG_SOCK_SENDMSG4,
+            names::PROG_SOCK_RECVMSG4,
+            names::PROG_SOCK_GETPEERNAME4,
+        ] {
+            let pin = self
+                .pin_dir
+                .join(format!("link_{name}_{}", cgroup_pin_suffix(cgroup)));
+            let link_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
+                path: pin.clone(),
+                source,
+            };
+            let target = cgroup.display().to_string();
+            let program: &mut CgroupSockAddr = self.program(name)?;
+            let id = program
+                // With bpf links (Linux >= 5.7) flags must be 0 (`Single`), and
+                // several links still coexist on one cgroup.
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|source| Error::Attach {
+                    name,
+                    iface: target.clone(),
+                    source,
+                })?;
+            let link = program.take_link(id).map_err(|source| Error::Attach {
+                name,
+                iface: target.clone(),
+                source,
+            })?;
+            let link = FdLink::try_from(link).map_err(|e| link_err(e.into()))?;
+            // Replace a previous agent's pin: its link detaches once unpinned.
+            match std::fs::remove_file(&pin) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(link_err(e.into()));
+                }
+                _ => {}
+            }
+            link.pin(&pin).map_err(|e| link_err(e.into()))?;
+            info!(cgroup = %target, program = name, "attached socket load balancing");
+        }
+        Ok(())
+    }
+
+    /// Detaches socket load balancing from `cgroup` (removes the pins).
+    pub fn detach_socket_lb(&self, cgroup: &Path) -> Result<()> {
+        for name in [
+            names::PROG_SOCK_CONNECT4,
+            names::PROG_SOCK_SENDMSG4,
+            names::PROG_SOCK_RECVMSG4,
+            names::PROG_SOCK_GETPEERNAME4,
+        ] {
+            let pin = self
+                .pin_dir
+                .join(format!("link_{name}_{}", cgroup_pin_suffix(cgroup)));
+            match std::fs::remove_file(&pin) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::PinDir {
+                        path: pin,
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn link_pin_path(&self, iface: &str) -> PathBuf {
@@ -266,6 +382,11 @@ impl Dataplane {
     }
 }
 
+/// A pin-file-safe rendering of a cgroup path.
+fn cgroup_pin_suffix(cgroup: &Path) -> String {
+    cgroup.to_string_lossy().trim_matches('/').replace('/', "_")
+}
+
 /// tcx (bpf_link based tc attachment, no qdisc) exists since Linux 6.6.
 fn has_tcx() -> bool {
     use aya::util::KernelVersion;
@@ -279,19 +400,37 @@ trait LoadOnce {
 
 impl LoadOnce for SchedClassifier {
     fn load_once(&mut self) -> Result<(), aya::programs::ProgramError> {
-        if self.fd().is_ok() { Ok(()) } else { self.load() }
+        if self.fd().is_ok() {
+            Ok(())
+        } else {
+            self.load()
+        }
+    }
+}
+
+impl LoadOnce for aya::programs::CgroupSockAddr {
+    fn load_once(&mut self) -> Result<(), aya::programs::ProgramError> {
+        if self.fd().is_ok() {
+            Ok(())
+        } else {
+            self.load()
+        }
     }
 }
 
 impl LoadOnce for Xdp {
     fn load_once(&mut self) -> Result<(), aya::programs::ProgramError> {
-        if self.fd().is_ok() { Ok(()) } else { self.load() }
+        if self.fd().is_ok() {
+            Ok(())
+        } else {
+            self.load()
+        }
     }
 }
 
 fn spawn_log_pump(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> LogPump {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return LogPump::Idle(logger);
+        return LogPump::Idle(Box::new(logger));
     };
     LogPump::Task(handle.spawn(async move {
         #[allow(

@@ -51,9 +51,10 @@ pub fn locate_object(explicit: Option<&Path>) -> Result<PathBuf> {
             Err(_) => searched.push(candidate.display().to_string()),
         }
     }
-    best.map(|(_, path)| path).ok_or_else(|| Error::ObjectNotFound {
-        searched: searched.join(", "),
-    })
+    best.map(|(_, path)| path)
+        .ok_or_else(|| Error::ObjectNotFound {
+            searched: searched.join(", "),
+        })
 }
 
 #[cfg(test)]

@@ -18,9 +18,10 @@ pub enum MapWriteError {
         map: &'static str,
         /// The key, for the message.
         key: String,
-        /// The aya error.
+        /// The aya error (boxed: it is large, and these results are on the
+        /// sync path).
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     /// A map the object should contain is missing.
     #[error("eBPF object has no map named {0}; rebuild it with `cargo xtask build-ebpf`")]
@@ -43,7 +44,11 @@ pub struct ServiceMapsDump {
 /// their calls such that each state is consistent (see the proxy crate).
 pub trait ServiceMaps {
     /// Inserts or replaces a service entry (master or slot).
-    fn update_service(&mut self, key: ServiceKeyV4, value: ServiceValue) -> Result<(), MapWriteError>;
+    fn update_service(
+        &mut self,
+        key: ServiceKeyV4,
+        value: ServiceValue,
+    ) -> Result<(), MapWriteError>;
     /// Deletes a service entry; absent is not an error.
     fn delete_service(&mut self, key: ServiceKeyV4) -> Result<(), MapWriteError>;
     /// Inserts or replaces a backend.
@@ -98,7 +103,11 @@ impl MemoryServiceMaps {
 }
 
 impl ServiceMaps for MemoryServiceMaps {
-    fn update_service(&mut self, key: ServiceKeyV4, value: ServiceValue) -> Result<(), MapWriteError> {
+    fn update_service(
+        &mut self,
+        key: ServiceKeyV4,
+        value: ServiceValue,
+    ) -> Result<(), MapWriteError> {
         self.state.services.insert(key, value);
         self.record(MapOp::UpdateService(key, value));
         Ok(())
