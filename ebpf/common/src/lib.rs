@@ -139,8 +139,11 @@ pub mod scope {
     /// Traffic from anywhere (the ClusterIP, or external traffic under
     /// `externalTrafficPolicy: Cluster`).
     pub const ALL: u8 = 0;
-    /// Only node-local backends (`externalTrafficPolicy: Local` for external
-    /// addresses, `internalTrafficPolicy: Local` for the ClusterIP).
+    /// Only node-local backends, for traffic arriving from outside the node
+    /// at an external address (NodePort, externalIP, load-balancer IP) of a
+    /// Service with `externalTrafficPolicy: Local`; the uplink program looks
+    /// this scope up first. (`internalTrafficPolicy: Local` needs no scope of
+    /// its own: the ClusterIP's `ALL` entry then lists only local backends.)
     pub const LOCAL: u8 = 1;
 }
 
