@@ -1,5 +1,6 @@
 //! Coxswain's developer tasks: `cargo xtask <task>`.
 
+mod bench;
 mod build_ebpf;
 mod cmd;
 mod demo;
@@ -29,6 +30,8 @@ enum Task {
     Up(demo::UpOptions),
     /// Stop what `up` started and remove what it created.
     Down(demo::DownOptions),
+    /// Run a benchmark (release build), e.g. `cargo xtask bench store`.
+    Bench(bench::Options),
 }
 
 fn main() -> Result<()> {
@@ -38,5 +41,6 @@ fn main() -> Result<()> {
         Task::Test(opts) => test::run(&opts),
         Task::Up(opts) => demo::up(&opts),
         Task::Down(opts) => demo::down(&opts),
+        Task::Bench(opts) => bench::run(&opts),
     }
 }

@@ -18,6 +18,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "protobuf-compiler",
+    "libprotobuf-dev",
     "busybox-static",
     "bpftool",
     "python3-venv",

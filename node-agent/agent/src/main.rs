@@ -6,6 +6,7 @@
 //! here. It never touches an interface it was not named.
 
 mod metrics;
+mod proxy_loop;
 
 use std::{
     net::SocketAddr,
@@ -48,6 +49,27 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:10249")]
     metrics_addr: SocketAddr,
 
+    /// Interface where pod or client traffic enters the node's datapath
+    /// (a pod bridge, a pod veth, the uplink): the Service program is
+    /// attached to its tc ingress. Repeat for several.
+    #[arg(long = "service-iface", value_name = "NAME")]
+    service_ifaces: Vec<String>,
+
+    /// cgroup v2 directory whose processes get socket-level Service load
+    /// balancing (the root cgroup covers every host process).
+    #[arg(long, value_name = "DIR")]
+    socket_lb_cgroup: Option<PathBuf>,
+
+    /// Kubeconfig of the API server to watch for Services, EndpointSlices
+    /// and this Node. Without it (and without $KUBECONFIG), the service
+    /// proxy does not run.
+    #[arg(long, value_name = "PATH", env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+
+    /// This node's name, as in its Node object.
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -84,8 +106,14 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
 
-    if args.ifaces.is_empty() && args.xdp_ifaces.is_empty() {
-        bail!("no interface given: name at least one with --iface or --xdp-iface");
+    if args.ifaces.is_empty()
+        && args.xdp_ifaces.is_empty()
+        && args.service_ifaces.is_empty()
+        && args.socket_lb_cgroup.is_none()
+    {
+        bail!(
+            "nothing to attach to: name an interface (--iface, --xdp-iface, --service-iface) or a cgroup (--socket-lb-cgroup)"
+        );
     }
     let object = locate_object(args.bpf_object.as_deref())?;
     let options = LoadOptions {
@@ -104,20 +132,56 @@ async fn main() -> Result<()> {
             .attach_xdp(iface, args.xdp_mode.into())
             .with_context(|| format!("--xdp-iface {iface}"))?;
     }
+    for iface in &args.service_ifaces {
+        dataplane
+            .attach_service_tc(iface)
+            .with_context(|| format!("--service-iface {iface}"))?;
+    }
+    if let Some(cgroup) = &args.socket_lb_cgroup {
+        dataplane
+            .attach_socket_lb(cgroup)
+            .with_context(|| format!("--socket-lb-cgroup {}", cgroup.display()))?;
+    }
     let dataplane = Arc::new(Mutex::new(dataplane));
 
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("failed to listen on --metrics-addr {}", args.metrics_addr))?;
     info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /dataplane/counters");
-    let app = metrics::router(dataplane.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("metrics server failed")?;
+    let (app, proxy_metrics) = metrics::router(dataplane.clone());
+    let proxy = match args.kubeconfig.clone() {
+        Some(kubeconfig) => {
+            let config = proxy_loop::ProxyConfig {
+                kubeconfig: Some(kubeconfig),
+                node_name: args.node_name.clone().unwrap_or_else(hostname),
+            };
+            let dataplane = dataplane.clone();
+            Some(tokio::spawn(async move {
+                proxy_loop::run(config, dataplane, proxy_metrics).await
+            }))
+        }
+        None => {
+            info!("no --kubeconfig: the service proxy is off");
+            None
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    match proxy {
+        Some(proxy) => tokio::select! {
+            served = server => served.context("metrics server failed")?,
+            ended = proxy => ended.context("service proxy panicked")?.context("service proxy failed")?,
+        },
+        None => server.await.context("metrics server failed")?,
+    }
     info!("shutting down; programs detach as the agent exits");
     drop(dataplane);
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
 }
 
 fn init_tracing(format: LogFormat) {

@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use axum::{
@@ -16,19 +17,54 @@ use coxswain_dataplane::Dataplane;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{MetricType, counter::ConstCounter},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 use serde::Serialize;
 
 type Shared = Arc<Mutex<Dataplane>>;
 
-/// Builds the router for `/metrics`, `/healthz` and `/dataplane/counters`.
-pub fn router(dataplane: Shared) -> Router {
+/// Sync timings and map writes of the service proxy.
+#[derive(Clone, Debug)]
+pub struct ProxyMetrics {
+    sync_seconds: Histogram,
+    map_ops: Counter,
+}
+
+impl ProxyMetrics {
+    /// Records one sync that wrote `ops` map entries.
+    pub fn observe(&self, elapsed: Duration, ops: usize) {
+        self.sync_seconds.observe(elapsed.as_secs_f64());
+        self.map_ops.inc_by(ops as u64);
+    }
+}
+
+/// Builds the router for `/metrics`, `/healthz` and `/dataplane/counters`,
+/// and the proxy metrics it exports.
+pub fn router(dataplane: Shared) -> (Router, ProxyMetrics) {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(IfaceCounterCollector(dataplane.clone())));
+    let proxy = ProxyMetrics {
+        // 10 µs .. ~5 s.
+        sync_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 10)),
+        map_ops: Counter::default(),
+    };
+    registry.register(
+        "coxswain_proxy_sync_duration_seconds",
+        "Time to apply one change (or the initial sync) to the service maps",
+        proxy.sync_seconds.clone(),
+    );
+    registry.register(
+        "coxswain_proxy_map_ops",
+        "Service map entries written or deleted",
+        proxy.map_ops.clone(),
+    );
     let registry = Arc::new(registry);
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/metrics",
@@ -43,7 +79,8 @@ pub fn router(dataplane: Shared) -> Router {
                 let dataplane = dataplane.clone();
                 async move { counters_json(&dataplane) }
             }),
-        )
+        );
+    (router, proxy)
 }
 
 fn encode_registry(registry: &Registry) -> Response {

@@ -92,6 +92,21 @@ impl ProxyState {
         self.synced
     }
 
+    /// The Services this engine programs (those with map entries), for a
+    /// relist to find which were deleted while a watch was down.
+    pub fn known_services(&self) -> Vec<ObjectRef> {
+        let mut out: Vec<_> = self.services.keys().cloned().collect();
+        out.sort();
+        out
+    }
+
+    /// The EndpointSlices this engine holds, likewise.
+    pub fn known_slices(&self) -> Vec<ObjectRef> {
+        let mut out: Vec<_> = self.slice_service.keys().cloned().collect();
+        out.sort();
+        out
+    }
+
     /// The node this engine programs.
     pub fn node(&self) -> &NodeInfo {
         &self.node

@@ -1,1 +1,7 @@
-//! Test harnesses shared by Coxswain integration tests.
+//! Test harnesses shared by Coxswain integration tests: etcd clusters and child processes.
+
+mod child;
+mod etcd;
+
+pub use child::TestChild;
+pub use etcd::{EtcdCluster, EtcdOptions};
