@@ -7,81 +7,14 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     time::Duration,
 };
 
-use anyhow::{Context, Result};
-use coxswain_dataplane::{Dataplane, LoadOptions, ServiceMaps, locate_object};
+use anyhow::Context;
+use coxswain_dataplane::ServiceMaps;
 use coxswain_ebpf_common::{BackendV4, RevNatV4, ServiceKeyV4, ServiceValue, proto, scope};
-use coxswain_tests::{
-    netns::{NetNs, PinDir, RoutedTopology},
-    require_root,
-    servers::NameServer,
-};
-
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const TARGET_PORT: u16 = 8080;
-const TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A client, three named backends, and the dataplane on the node.
-struct Fixture {
-    dataplane: Dataplane,
-    _servers: Vec<NameServer>,
-    topo: RoutedTopology,
-    pins: PinDir,
-}
-
-impl Fixture {
-    fn new(net: u8) -> Self {
-        require_root();
-        let topo = RoutedTopology::create(net, 4).expect("create topology");
-        let servers = (1..=3)
-            .map(|i| {
-                NameServer::start(&topo.hosts[i].ns, &format!("b{i}"), TARGET_PORT)
-                    .expect("start server")
-            })
-            .collect();
-        let pins = PinDir::new();
-        let dataplane = load_and_attach(&topo, &pins).expect("load dataplane");
-        Fixture {
-            dataplane,
-            _servers: servers,
-            topo,
-            pins,
-        }
-    }
-
-    fn client(&self) -> &NetNs {
-        &self.topo.hosts[0].ns
-    }
-
-    fn backend(&self, i: usize) -> BackendV4 {
-        BackendV4 {
-            addr: u32::from(self.topo.hosts[i].addr).to_be(),
-            port: TARGET_PORT.to_be(),
-            proto: 0,
-            flags: 0,
-        }
-    }
-}
-
-fn load_and_attach(topo: &RoutedTopology, pins: &PinDir) -> Result<Dataplane> {
-    let object = locate_object(None)?;
-    topo.node.run_in(|| {
-        let mut dataplane = Dataplane::load_file_with(
-            &object,
-            &LoadOptions {
-                pin_dir: pins.path().to_owned(),
-            },
-        )?;
-        for host in &topo.hosts {
-            dataplane.attach_service_tc(&host.node_if)?;
-        }
-        Ok(dataplane)
-    })
-}
+use coxswain_tests::fixture::{Fixture, TIMEOUT, VIP, ask, connect, load_and_attach};
 
 fn key(port: u16, protocol: u8, slot: u16) -> ServiceKeyV4 {
     ServiceKeyV4 {
@@ -134,27 +67,6 @@ fn program(
         ..Default::default()
     };
     maps.update_service(key(port, protocol, 0), master).unwrap();
-}
-
-/// Connects from the client namespace; the socket stays in that namespace.
-fn connect(client: &NetNs, port: u16) -> Result<TcpStream> {
-    client.run_in(|| {
-        let stream = TcpStream::connect_timeout(&SocketAddr::from((VIP, port)), TIMEOUT)
-            .with_context(|| format!("connect to {VIP}:{port}"))?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        Ok(stream)
-    })
-}
-
-/// Sends `msg` on an open connection and returns the backend's name.
-fn ask(stream: &mut TcpStream, msg: &str) -> Result<String> {
-    stream.write_all(msg.as_bytes())?;
-    let mut buf = [0u8; 256];
-    let n = stream.read(&mut buf)?;
-    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
-    let (name, echoed) = reply.split_once(':').context("reply without a name")?;
-    anyhow::ensure!(echoed == msg, "reply {reply:?} does not echo {msg:?}");
-    Ok(name.to_owned())
 }
 
 #[test]
@@ -264,7 +176,7 @@ fn established_flow_survives_endpoint_removal_and_agent_restart() {
         dataplane,
         topo,
         pins,
-        _servers,
+        servers: _servers,
     } = fx;
     drop(dataplane);
     let _dataplane = load_and_attach(&topo, &pins).expect("reload");

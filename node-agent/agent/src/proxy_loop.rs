@@ -34,6 +34,10 @@ pub struct ProxyConfig {
 }
 
 /// One event from any of the three watches.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one event at a time flows through the loop; boxing would only add an allocation"
+)]
 enum Update {
     Service(watcher::Event<Service>),
     Slice(watcher::Event<EndpointSlice>),
