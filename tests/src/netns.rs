@@ -263,3 +263,142 @@ impl Drop for PinDir {
         }
     }
 }
+
+/// Two nodes and a client on one LAN (a bridge in a namespace of its own),
+/// each node with one pod behind a routed /30, as nodes of a cluster are:
+///
+/// ```text
+///  client 10.<net>.0.100 ──┐
+///  node-a 10.<net>.0.1  ───┼── bridge (lan)      pod-a 10.<net>.1.2 ── node-a
+///  node-b 10.<net>.0.2  ───┘                     pod-b 10.<net>.2.2 ── node-b
+/// ```
+///
+/// Each node routes the other's pod network through it. The client knows
+/// only the LAN, and a pod on node B answers the client directly over the
+/// LAN unless its traffic was source-NATed to node A.
+#[derive(Debug)]
+pub struct TwoNodeLan {
+    /// Pods: `[pod-a, pod-b]`.
+    pub pods: [NetNs; 2],
+    /// Pod addresses.
+    pub pod_addrs: [std::net::Ipv4Addr; 2],
+    /// Nodes: `[node-a, node-b]`; each has `uplink` on the LAN and `pod`
+    /// towards its pod.
+    pub nodes: [NetNs; 2],
+    /// Node addresses on the LAN.
+    pub node_addrs: [std::net::Ipv4Addr; 2],
+    /// The client on the LAN.
+    pub client: NetNs,
+    /// Its address.
+    pub client_addr: std::net::Ipv4Addr,
+    /// Held for its Drop (deletes the bridge and the ports).
+    _lan: NetNs,
+}
+
+impl TwoNodeLan {
+    /// Builds the topology on `10.<net>.0.0/16`.
+    pub fn create(net: u8) -> Result<Self> {
+        let base = unique_name("cl");
+        let lan = NetNs::create(&format!("{base}lan"))?;
+        lan.ip(&["link", "add", "br0", "type", "bridge"])?;
+        lan.ip(&["link", "set", "br0", "up"])?;
+        let attach = |ns: &NetNs, port: &str, addr: &str| -> Result<()> {
+            lan.ip(&[
+                "link",
+                "add",
+                port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "uplink",
+                "netns",
+                ns.name(),
+            ])?;
+            lan.ip(&["link", "set", port, "master", "br0"])?;
+            lan.ip(&["link", "set", port, "up"])?;
+            ns.ip(&["addr", "add", addr, "dev", "uplink"])?;
+            ns.ip(&["link", "set", "uplink", "up"])?;
+            Ok(())
+        };
+        let client = NetNs::create(&format!("{base}c"))?;
+        attach(&client, "p-client", &format!("10.{net}.0.100/24"))?;
+        let mut nodes = Vec::new();
+        let mut pods = Vec::new();
+        for i in 0..2u8 {
+            let node = NetNs::create(&format!("{base}n{i}"))?;
+            node.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+            node.exec("sysctl", &["-qw", "net.ipv4.conf.all.send_redirects=0"])?;
+            attach(
+                &node,
+                &format!("p-node{i}"),
+                &format!("10.{net}.0.{}/24", i + 1),
+            )?;
+            let pod = NetNs::create(&format!("{base}p{i}"))?;
+            node.ip(&[
+                "link",
+                "add",
+                "pod",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                pod.name(),
+            ])?;
+            node.ip(&[
+                "addr",
+                "add",
+                &format!("10.{net}.{}.1/30", i + 1),
+                "dev",
+                "pod",
+            ])?;
+            node.ip(&["link", "set", "pod", "up"])?;
+            pod.ip(&[
+                "addr",
+                "add",
+                &format!("10.{net}.{}.2/30", i + 1),
+                "dev",
+                "eth0",
+            ])?;
+            pod.ip(&["link", "set", "eth0", "up"])?;
+            pod.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.{net}.{}.1", i + 1),
+            ])?;
+            nodes.push(node);
+            pods.push(pod);
+        }
+        // Each node reaches the other's pods through it.
+        nodes[0].ip(&[
+            "route",
+            "add",
+            &format!("10.{net}.2.0/24"),
+            "via",
+            &format!("10.{net}.0.2"),
+        ])?;
+        nodes[1].ip(&[
+            "route",
+            "add",
+            &format!("10.{net}.1.0/24"),
+            "via",
+            &format!("10.{net}.0.1"),
+        ])?;
+        let ip = |c: u8, d: u8| std::net::Ipv4Addr::new(10, net, c, d);
+        let [pod_a, pod_b]: [NetNs; 2] = pods.try_into().expect("two pods");
+        let [node_a, node_b]: [NetNs; 2] = nodes.try_into().expect("two nodes");
+        Ok(TwoNodeLan {
+            pods: [pod_a, pod_b],
+            pod_addrs: [ip(1, 2), ip(2, 2)],
+            nodes: [node_a, node_b],
+            node_addrs: [ip(0, 1), ip(0, 2)],
+            client,
+            client_addr: ip(0, 100),
+            _lan: lan,
+        })
+    }
+}

@@ -16,6 +16,9 @@ use anyhow::Result;
 
 use crate::netns::NetNs;
 
+/// A request the servers answer with `<name>:<the client address they see>`.
+pub const WHOAMI: &[u8] = b"whoami";
+
 /// A server that prefixes every reply with `<name>:`.
 #[derive(Debug)]
 pub struct NameServer {
@@ -80,7 +83,17 @@ fn echo(mut stream: std::net::TcpStream, prefix: &str, stop: &AtomicBool) {
             Ok(0) => return,
             Ok(n) => {
                 let mut reply = prefix.as_bytes().to_vec();
-                reply.extend_from_slice(&buf[..n]);
+                if &buf[..n] == WHOAMI {
+                    // Who the server sees: tells whether the client's
+                    // address was kept or source-NATed.
+                    let peer = stream
+                        .peer_addr()
+                        .map(|a| a.ip().to_string())
+                        .unwrap_or_default();
+                    reply.extend_from_slice(peer.as_bytes());
+                } else {
+                    reply.extend_from_slice(&buf[..n]);
+                }
                 if stream.write_all(&reply).is_err() {
                     return;
                 }

@@ -36,6 +36,25 @@ fn program(
     service_id: u32,
     backends: &[(u32, BackendV4)],
 ) {
+    program_with(
+        maps,
+        port,
+        protocol,
+        service_id,
+        backends,
+        ServiceValue::default(),
+    );
+}
+
+/// [`program`] with master flags and affinity timeout from `master`.
+fn program_with(
+    maps: &mut impl ServiceMaps,
+    port: u16,
+    protocol: u8,
+    service_id: u32,
+    backends: &[(u32, BackendV4)],
+    master: ServiceValue,
+) {
     for (id, b) in backends {
         maps.update_backend(
             *id,
@@ -64,7 +83,7 @@ fn program(
     let master = ServiceValue {
         count: backends.len() as u16,
         service_id,
-        ..Default::default()
+        ..master
     };
     maps.update_service(key(port, protocol, 0), master).unwrap();
 }
@@ -360,4 +379,59 @@ except OSError as e:
 "#,
     );
     assert_eq!(after, "failed");
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend() {
+    let mut fx = Fixture::new(211);
+    let backends: Vec<_> = (1..=3).map(|i| (i as u32, fx.backend(i))).collect();
+    let sticky = ServiceValue {
+        flags: coxswain_ebpf_common::service_flags::AFFINITY,
+        affinity_timeout_s: 10_800,
+        ..Default::default()
+    };
+    program_with(
+        fx.dataplane.service_maps(),
+        80,
+        proto::TCP,
+        1,
+        &backends,
+        sticky,
+    );
+    let mut seen = BTreeMap::<String, usize>::new();
+    for i in 0..30 {
+        let mut stream =
+            connect(fx.client(), 80).unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        *seen
+            .entry(ask(&mut stream, "hi").expect("request"))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "30 connections of one client spread despite affinity: {seen:?}"
+    );
+}
+
+#[test]
+fn hairpin_a_pod_reaches_itself_through_its_service() {
+    let mut fx = Fixture::new(212);
+    // The Service's only endpoint is backend b1, and b1 is also the client.
+    let b1 = fx.backend(1);
+    program(fx.dataplane.service_maps(), 80, proto::TCP, 1, &[(1, b1)]);
+    let (name, seen_as) = fx.topo.hosts[1]
+        .ns
+        .run_in(|| {
+            let mut stream = TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), TIMEOUT)?;
+            stream.set_read_timeout(Some(TIMEOUT))?;
+            let name = ask(&mut stream, "self")?;
+            std::io::Write::write_all(&mut stream, coxswain_tests::servers::WHOAMI)?;
+            let mut buf = [0u8; 64];
+            let n = std::io::Read::read(&mut stream, &mut buf)?;
+            Ok((name, String::from_utf8_lossy(&buf[..n]).into_owned()))
+        })
+        .expect("hairpin connection");
+    assert_eq!(name, "b1");
+    // The pod saw the Service address as its peer, not itself.
+    assert_eq!(seen_as, format!("b1:{VIP}"));
 }

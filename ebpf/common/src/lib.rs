@@ -41,6 +41,18 @@ pub mod names {
     pub const PROG_SOCK_RECVMSG4: &str = "sock_recvmsg4";
     /// cgroup `getpeername4`: the peer of a translated socket is the Service.
     pub const PROG_SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+    /// Array (one entry): [`NodeConfigV4`](crate::NodeConfigV4).
+    pub const NODE_CONFIG_V4: &str = "NODE_CONFIG_V4";
+    /// LRU hash map: [`AffinityKeyV4`](crate::AffinityKeyV4) →
+    /// [`AffinityValue`](crate::AffinityValue).
+    pub const AFFINITY_V4: &str = "AFFINITY_V4";
+    /// tc classifier for the node's uplink: NodePort, externalIPs and
+    /// load-balancer IPs from other machines (honours
+    /// `externalTrafficPolicy`), and the replies of source-NATed flows.
+    pub const PROG_NODEPORT_TC: &str = "nodeport_tc";
+    /// tc classifier on the uplink's egress: replies of external flows get
+    /// the Service address back as their source.
+    pub const PROG_NODEPORT_EGRESS_TC: &str = "nodeport_egress_tc";
     /// tc classifier translating Service traffic (ingress of the interfaces
     /// where client traffic enters the node's datapath).
     pub const PROG_SERVICE_TC: &str = "service_tc";
@@ -286,6 +298,14 @@ pub mod ct_dir {
     pub const FORWARD: u8 = 0;
     /// Backend → client: the value names the Service to translate back to.
     pub const REPLY: u8 = 1;
+    /// Backend → client as the reply of an external flow leaves the node's
+    /// uplink (after any source NAT was undone): where its source gets the
+    /// Service address back.
+    pub const EGRESS: u8 = 2;
+    /// Client → backend as a source-NATed external flow leaves the node's
+    /// uplink towards the backend's node: where its source becomes the node
+    /// address (done on egress, after routing, for the same martian reason).
+    pub const SNAT_OUT: u8 = 3;
 }
 
 /// Value of the conntrack map.
@@ -304,9 +324,63 @@ pub struct CtValue {
     pub backend_addr: u32,
     /// The backend's port, network byte order.
     pub backend_port: u16,
-    /// Always zero.
-    pub pad: u16,
+    /// [`ct_flags`].
+    pub flags: u16,
+    /// With [`ct_flags::SNAT`]: the client's address, which replies get
+    /// back as their destination (network byte order).
+    pub client_addr: u32,
+    /// With [`ct_flags::SNAT`]: the node address the flow was given as its
+    /// source (network byte order).
+    pub snat_addr: u32,
 }
+
+/// Flags of a conntrack entry.
+pub mod ct_flags {
+    /// The flow's source was rewritten to a node address (external traffic
+    /// to a backend on another node, `externalTrafficPolicy: Cluster`).
+    pub const SNAT: u16 = 1 << 0;
+    /// The flow arrived from outside the node (uplink). Its replies get
+    /// the Service address back as they leave through the uplink, not when
+    /// they enter the node: a source equal to a node address would be
+    /// dropped as martian on input.
+    pub const EXTERNAL: u16 = 1 << 1;
+}
+
+/// This node's settings for the kernel programs (one entry, index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeConfigV4 {
+    /// The address external flows are source-NATed to when they must reach
+    /// a backend on another node (network byte order; 0: never SNAT).
+    pub snat_addr: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// Key of the ClientIP affinity map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKeyV4 {
+    /// Client address, network byte order.
+    pub client_addr: u32,
+    /// The Service frontend.
+    pub service_id: u32,
+}
+
+/// Value of the ClientIP affinity map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    /// When the client last started a flow to the Service.
+    pub last_used_ns: u64,
+    /// The backend the client sticks to.
+    pub backend_id: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// Upper bound of ClientIP affinity entries (least recently used evicted).
+pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -323,6 +397,9 @@ mod pod {
     unsafe impl aya::Pod for super::CtKeyV4 {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::SockRevNatKeyV4 {}
+    unsafe impl aya::Pod for super::NodeConfigV4 {}
+    unsafe impl aya::Pod for super::AffinityKeyV4 {}
+    unsafe impl aya::Pod for super::AffinityValue {}
 }
 
 #[cfg(test)]
@@ -338,7 +415,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<BackendV4>(), 8);
         assert_eq!(core::mem::size_of::<RevNatV4>(), 8);
         assert_eq!(core::mem::size_of::<CtKeyV4>(), 16);
-        assert_eq!(core::mem::size_of::<CtValue>(), 24);
+        assert_eq!(core::mem::size_of::<CtValue>(), 32);
+        assert_eq!(core::mem::size_of::<NodeConfigV4>(), 8);
+        assert_eq!(core::mem::size_of::<AffinityKeyV4>(), 8);
+        assert_eq!(core::mem::size_of::<AffinityValue>(), 16);
         assert_eq!(core::mem::size_of::<SockRevNatKeyV4>(), 16);
     }
 

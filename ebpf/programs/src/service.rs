@@ -7,12 +7,14 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail},
     macros::{classifier, map},
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::TcContext,
 };
 use coxswain_ebpf_common::{
-    BACKENDS_MAX_ENTRIES, BackendV4, CONNTRACK_MAX_ENTRIES, CtKeyV4, CtValue, REV_NAT_MAX_ENTRIES,
-    RevNatV4, SERVICES_MAX_ENTRIES, ServiceKeyV4, ServiceValue, ct_dir, proto, scope,
+    AFFINITY_MAX_ENTRIES, AffinityKeyV4, AffinityValue, BACKENDS_MAX_ENTRIES, BackendV4,
+    CONNTRACK_MAX_ENTRIES, CtKeyV4, CtValue, NodeConfigV4, REV_NAT_MAX_ENTRIES, RevNatV4,
+    SERVICES_MAX_ENTRIES, ServiceKeyV4, ServiceValue, backend_flags, ct_dir, ct_flags, proto,
+    scope, service_flags,
 };
 
 /// Service master and slot entries (see `ServiceKeyV4`). Pinned by name so
@@ -23,7 +25,7 @@ pub(crate) static SERVICES_V4: HashMap<ServiceKeyV4, ServiceValue> =
     HashMap::pinned(SERVICES_MAX_ENTRIES, 0);
 
 #[map]
-pub(crate) static BACKENDS_V4: HashMap<u32, BackendV4> = HashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
+static BACKENDS_V4: HashMap<u32, BackendV4> = HashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
 
 #[map]
 static REV_NAT_V4: HashMap<u32, RevNatV4> = HashMap::pinned(REV_NAT_MAX_ENTRIES, 0);
@@ -37,13 +39,82 @@ const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 const IP_SRC_OFF: usize = ETH_HLEN + 12;
 const IP_DST_OFF: usize = ETH_HLEN + 16;
 
+#[map]
+static NODE_CONFIG_V4: Array<NodeConfigV4> = Array::pinned(1, 0);
+
+#[map]
+static AFFINITY_V4: LruHashMap<AffinityKeyV4, AffinityValue> =
+    LruHashMap::pinned(AFFINITY_MAX_ENTRIES, 0);
+
+/// Pod side: traffic from pods (and replies from local backends).
 #[classifier]
 pub fn service_tc(ctx: TcContext) -> i32 {
-    match try_service(&ctx) {
+    match try_service(&ctx, false) {
         Ok(action) => action,
         // A packet we cannot parse is not ours to judge.
         Err(()) => TC_ACT_OK,
     }
+}
+
+/// Uplink side: traffic from other machines to NodePorts, externalIPs and
+/// load-balancer IPs, and replies to source-NATed flows.
+#[classifier]
+pub fn nodeport_tc(ctx: TcContext) -> i32 {
+    match try_service(&ctx, true) {
+        Ok(action) => action,
+        Err(()) => TC_ACT_OK,
+    }
+}
+
+/// Uplink egress: replies of external flows leave with the Service address.
+#[classifier]
+pub fn nodeport_egress_tc(ctx: TcContext) -> i32 {
+    match try_egress(&ctx) {
+        Ok(action) => action,
+        Err(()) => TC_ACT_OK,
+    }
+}
+
+#[inline(always)]
+fn try_egress(ctx: &TcContext) -> Result<i32, ()> {
+    let Some(flow) = parse(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+    let mut key = CtKeyV4 {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        sport: flow.sport,
+        dport: flow.dport,
+        proto: flow.proto,
+        dir: ct_dir::SNAT_OUT,
+        pad: [0; 2],
+    };
+    // Client → remote backend: take the node's address as the source.
+    if let Some(ct) = CONNTRACK_V4.get_ptr(&key) {
+        let snat_addr = unsafe { (*ct).snat_addr };
+        rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, snat_addr)?;
+        return Ok(TC_ACT_OK);
+    }
+    // Backend → client: take the Service address as the source.
+    key.dir = ct_dir::EGRESS;
+    let Some(ct) = CONNTRACK_V4.get_ptr(&key) else {
+        return Ok(TC_ACT_OK);
+    };
+    let service_id = unsafe { (*ct).service_id };
+    if let Some(rev) = REV_NAT_V4.get_ptr(&service_id) {
+        let rev = unsafe { *rev };
+        rewrite(
+            ctx,
+            &flow,
+            IP_SRC_OFF,
+            flow.saddr,
+            rev.addr,
+            flow.l4_off,
+            flow.sport,
+            rev.port,
+        )?;
+    }
+    Ok(TC_ACT_OK)
 }
 
 /// The parts of an IPv4 TCP/UDP packet the translation needs.
@@ -88,13 +159,14 @@ fn parse(ctx: &TcContext) -> Result<Option<Flow>, ()> {
 }
 
 #[inline(always)]
-fn try_service(ctx: &TcContext) -> Result<i32, ()> {
+fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
     let Some(flow) = parse(ctx)? else {
         return Ok(TC_ACT_OK);
     };
     let now = unsafe { bpf_ktime_get_ns() };
 
-    // A reply from a backend: restore the Service address as the source.
+    // A reply from a backend: restore the Service address as the source
+    // (and, for a source-NATed flow, the client as the destination).
     let reply_key = CtKeyV4 {
         saddr: flow.saddr,
         daddr: flow.daddr,
@@ -107,36 +179,54 @@ fn try_service(ctx: &TcContext) -> Result<i32, ()> {
     if let Some(ct) = CONNTRACK_V4.get_ptr_mut(&reply_key) {
         // SAFETY: a valid map value pointer; a racing writer can only make
         // the timestamp slightly stale.
-        let service_id = unsafe {
+        let ct = unsafe {
             (*ct).last_seen_ns = now;
-            (*ct).service_id
+            *ct
         };
-        if let Some(rev) = REV_NAT_V4.get_ptr(&service_id) {
-            let rev = unsafe { *rev };
-            rewrite(
-                ctx,
-                &flow,
-                IP_SRC_OFF,
-                flow.saddr,
-                rev.addr,
-                flow.l4_off,
-                flow.sport,
-                rev.port,
-            )?;
+        if ct.flags & ct_flags::SNAT != 0 {
+            rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, ct.client_addr)?;
+        }
+        // External flows get their Service source back on the way out of
+        // the uplink (`nodeport_egress_tc`).
+        if ct.flags & ct_flags::EXTERNAL == 0 {
+            if let Some(rev) = REV_NAT_V4.get_ptr(&ct.service_id) {
+                let rev = unsafe { *rev };
+                rewrite(
+                    ctx,
+                    &flow,
+                    IP_SRC_OFF,
+                    flow.saddr,
+                    rev.addr,
+                    flow.l4_off,
+                    flow.sport,
+                    rev.port,
+                )?;
+            }
         }
         return Ok(TC_ACT_OK);
     }
 
-    // Addressed to a Service?
-    let master_key = ServiceKeyV4 {
+    // Addressed to a Service? From outside the node, a Service with
+    // `externalTrafficPolicy: Local` has a LOCAL-scope entry listing only
+    // this node's endpoints; it wins over the ALL entry.
+    let mut master_key = ServiceKeyV4 {
         addr: flow.daddr,
         port: flow.dport,
         slot: 0,
         proto: flow.proto,
-        scope: scope::ALL,
+        scope: scope::LOCAL,
         pad: [0; 2],
     };
-    let Some(master) = SERVICES_V4.get_ptr(&master_key) else {
+    let mut found = if external {
+        SERVICES_V4.get_ptr(&master_key)
+    } else {
+        None
+    };
+    if found.is_none() {
+        master_key.scope = scope::ALL;
+        found = SERVICES_V4.get_ptr(&master_key);
+    }
+    let Some(master) = found else {
         return Ok(TC_ACT_OK);
     };
     let master = unsafe { *master };
@@ -146,10 +236,10 @@ fn try_service(ctx: &TcContext) -> Result<i32, ()> {
         ..reply_key
     };
     // An established flow keeps its backend, even after endpoint changes.
-    let (backend_addr, backend_port) = match CONNTRACK_V4.get_ptr_mut(&fwd_key) {
+    let ct = match CONNTRACK_V4.get_ptr_mut(&fwd_key) {
         Some(ct) => unsafe {
             (*ct).last_seen_ns = now;
-            ((*ct).backend_addr, (*ct).backend_port)
+            *ct
         },
         None => {
             if master.count == 0 {
@@ -157,31 +247,49 @@ fn try_service(ctx: &TcContext) -> Result<i32, ()> {
                 // as kube-proxy's REJECT rule does.
                 return Ok(reject(ctx));
             }
-            let pick = unsafe { bpf_get_prandom_u32() } % u32::from(master.count);
-            let slot_key = ServiceKeyV4 {
-                slot: (pick + 1) as u16,
-                ..master_key
-            };
-            let Some(slot) = SERVICES_V4.get_ptr(&slot_key) else {
+            let Some((backend_id, b)) = pick_backend(&master_key, &master, flow.saddr, now) else {
                 return Ok(TC_ACT_SHOT);
             };
-            let backend_id = unsafe { (*slot).backend_id };
-            let Some(b) = BACKENDS_V4.get_ptr(&backend_id) else {
-                return Ok(TC_ACT_SHOT);
-            };
-            let b = unsafe { *b };
+            // External traffic to a backend on another node must come back
+            // through this node: give it a node address as its source.
+            let mut flags = if external { ct_flags::EXTERNAL } else { 0 };
+            let mut snat_addr = 0;
+            if external
+                && master.flags & service_flags::SNAT != 0
+                && b.flags & backend_flags::LOCAL == 0
+            {
+                if let Some(cfg) = NODE_CONFIG_V4.get(0) {
+                    if cfg.snat_addr != 0 {
+                        flags |= ct_flags::SNAT;
+                        snat_addr = cfg.snat_addr;
+                    }
+                }
+            }
+            // Hairpin: a pod reaching itself through its Service would see
+            // its own address as the source and drop the packet; give the
+            // flow the Service address as its source instead.
+            if !external && b.addr == flow.saddr {
+                flags |= ct_flags::SNAT;
+                snat_addr = flow.daddr;
+            }
             let value = CtValue {
                 backend_id,
                 service_id: master.service_id,
                 last_seen_ns: now,
                 backend_addr: b.addr,
                 backend_port: b.port,
-                pad: 0,
+                flags,
+                client_addr: flow.saddr,
+                snat_addr,
             };
-            // The reply tuple: backend → client.
+            // The reply tuple: backend → client (or → the SNAT address).
             let back_key = CtKeyV4 {
                 saddr: b.addr,
-                daddr: flow.saddr,
+                daddr: if flags & ct_flags::SNAT != 0 {
+                    snat_addr
+                } else {
+                    flow.saddr
+                },
                 sport: b.port,
                 dport: flow.sport,
                 proto: flow.proto,
@@ -193,20 +301,101 @@ fn try_service(ctx: &TcContext) -> Result<i32, ()> {
             // packet.
             let _ = CONNTRACK_V4.insert(&fwd_key, &value, 0);
             let _ = CONNTRACK_V4.insert(&back_key, &value, 0);
-            (b.addr, b.port)
+            if external {
+                let egress_key = CtKeyV4 {
+                    daddr: flow.saddr,
+                    dir: ct_dir::EGRESS,
+                    ..back_key
+                };
+                let _ = CONNTRACK_V4.insert(&egress_key, &value, 0);
+                if flags & ct_flags::SNAT != 0 {
+                    let out_key = CtKeyV4 {
+                        daddr: b.addr,
+                        dport: b.port,
+                        dir: ct_dir::SNAT_OUT,
+                        ..reply_key
+                    };
+                    let _ = CONNTRACK_V4.insert(&out_key, &value, 0);
+                }
+            }
+            value
         }
     };
+    // Hairpin flows take their new source here; external flows on the
+    // uplink's egress (`nodeport_egress_tc`), after routing.
+    if ct.flags & ct_flags::SNAT != 0 && ct.flags & ct_flags::EXTERNAL == 0 {
+        rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, ct.snat_addr)?;
+    }
     rewrite(
         ctx,
         &flow,
         IP_DST_OFF,
         flow.daddr,
-        backend_addr,
+        ct.backend_addr,
         flow.l4_off + 2,
         flow.dport,
-        backend_port,
+        ct.backend_port,
     )?;
     Ok(TC_ACT_OK)
+}
+
+/// Chooses a backend for a new flow from `client`: the client's affine
+/// backend while its affinity lasts (sessionAffinity ClientIP), otherwise a
+/// random slot.
+#[inline(always)]
+pub(crate) fn pick_backend(
+    master_key: &ServiceKeyV4,
+    master: &ServiceValue,
+    client: u32,
+    now: u64,
+) -> Option<(u32, BackendV4)> {
+    let affinity = master.flags & service_flags::AFFINITY != 0;
+    let aff_key = AffinityKeyV4 {
+        client_addr: client,
+        service_id: master.service_id,
+    };
+    if affinity {
+        if let Some(aff) = AFFINITY_V4.get_ptr_mut(&aff_key) {
+            let aff = unsafe { &mut *aff };
+            let timeout_ns = u64::from(master.affinity_timeout_s) * 1_000_000_000;
+            if now.wrapping_sub(aff.last_used_ns) < timeout_ns {
+                if let Some(b) = BACKENDS_V4.get_ptr(&aff.backend_id) {
+                    aff.last_used_ns = now;
+                    return Some((aff.backend_id, unsafe { *b }));
+                }
+            }
+        }
+    }
+    let pick = unsafe { bpf_get_prandom_u32() } % u32::from(master.count);
+    let slot_key = ServiceKeyV4 {
+        slot: (pick + 1) as u16,
+        ..*master_key
+    };
+    let slot = SERVICES_V4.get_ptr(&slot_key)?;
+    let backend_id = unsafe { (*slot).backend_id };
+    let b = unsafe { *BACKENDS_V4.get_ptr(&backend_id)? };
+    if affinity {
+        let value = AffinityValue {
+            last_used_ns: now,
+            backend_id,
+            pad: 0,
+        };
+        let _ = AFFINITY_V4.insert(&aff_key, &value, 0);
+    }
+    Some((backend_id, b))
+}
+
+/// Rewrites one IPv4 address of the packet, fixing the IPv4 and L4
+/// checksums incrementally.
+#[inline(always)]
+fn rewrite_addr(
+    ctx: &TcContext,
+    flow: &Flow,
+    addr_off: usize,
+    old_addr: u32,
+    new_addr: u32,
+) -> Result<(), ()> {
+    rewrite(ctx, flow, addr_off, old_addr, new_addr, 0, 0, 0)
 }
 
 /// Bytes of the ICMP error built by [`reject`]: Ethernet, IPv4, ICMP, then

@@ -5,7 +5,7 @@
 //! `getpeername()` show the Service address again.
 
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
     macros::{cgroup_sock_addr, map},
     maps::LruHashMap,
     programs::SockAddrContext,
@@ -14,7 +14,7 @@ use coxswain_ebpf_common::{
     RevNatV4, SOCK_REV_NAT_MAX_ENTRIES, ServiceKeyV4, SockRevNatKeyV4, proto, scope,
 };
 
-use crate::service::{BACKENDS_V4, SERVICES_V4};
+use crate::service::{SERVICES_V4, pick_backend};
 
 #[map]
 static SOCK_REV_NAT_V4: LruHashMap<SockRevNatKeyV4, RevNatV4> =
@@ -71,19 +71,12 @@ fn translate(ctx: &SockAddrContext) -> i32 {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return DENY;
     }
-    let pick = unsafe { bpf_get_prandom_u32() } % u32::from(master.count);
-    let slot_key = ServiceKeyV4 {
-        slot: (pick + 1) as u16,
-        ..master_key
-    };
-    let Some(slot) = SERVICES_V4.get_ptr(&slot_key) else {
+    // Host sockets all share the node's identity as "client" for ClientIP
+    // affinity.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some((_, backend)) = pick_backend(&master_key, &master, 0, now) else {
         return ALLOW;
     };
-    let backend_id = unsafe { (*slot).backend_id };
-    let Some(backend) = BACKENDS_V4.get_ptr(&backend_id) else {
-        return ALLOW;
-    };
-    let backend = unsafe { *backend };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let key = SockRevNatKeyV4 {
         cookie,

@@ -193,13 +193,48 @@ impl Dataplane {
     /// the pinned link and atomically swaps its own program in. Remove the
     /// pin ([`Dataplane::detach_service_tc`]) to detach.
     pub fn attach_service_tc(&mut self, iface: &str) -> Result<()> {
+        self.attach_pinned_tc(names::PROG_SERVICE_TC, iface, TcAttachType::Ingress)
+    }
+
+    /// Attaches the uplink program to `iface` on tc ingress: NodePorts,
+    /// externalIPs and load-balancer IPs reached from other machines
+    /// (`externalTrafficPolicy` honoured; source NAT to the address set by
+    /// [`Dataplane::set_snat_address`] for backends on other nodes), plus
+    /// everything `service_tc` does. Pinned like
+    /// [`Dataplane::attach_service_tc`].
+    pub fn attach_nodeport_tc(&mut self, iface: &str) -> Result<()> {
+        self.attach_pinned_tc(names::PROG_NODEPORT_EGRESS_TC, iface, TcAttachType::Egress)?;
+        self.attach_pinned_tc(names::PROG_NODEPORT_TC, iface, TcAttachType::Ingress)
+    }
+
+    /// Sets the node address external flows are source-NATed to when their
+    /// backend runs on another node (`None`: never SNAT).
+    pub fn set_snat_address(&mut self, addr: Option<std::net::Ipv4Addr>) -> Result<()> {
+        let name = names::NODE_CONFIG_V4;
+        let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+        let mut array: aya::maps::Array<_, coxswain_ebpf_common::NodeConfigV4> =
+            aya::maps::Array::try_from(map).map_err(|source| Error::Map { name, source })?;
+        let config = coxswain_ebpf_common::NodeConfigV4 {
+            snat_addr: addr.map_or(0, |a| u32::from(a).to_be()),
+            pad: 0,
+        };
+        array
+            .set(0, config, 0)
+            .map_err(|source| Error::Map { name, source })
+    }
+
+    fn attach_pinned_tc(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        attach_type: TcAttachType,
+    ) -> Result<()> {
         use aya::programs::{
             LinkOrder,
             links::{FdLink, PinnedLink},
             tc::{SchedClassifierLink, TcAttachOptions},
         };
-        let name = names::PROG_SERVICE_TC;
-        let pin = self.link_pin_path(iface);
+        let pin = self.pin_dir.join(format!("link_{name}_{iface}"));
         let link_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
             path: pin.clone(),
             source,
@@ -210,7 +245,7 @@ impl Dataplane {
             }
             let program: &mut SchedClassifier = self.program(name)?;
             program
-                .attach(iface, TcAttachType::Ingress)
+                .attach(iface, attach_type)
                 .map_err(|source| Error::Attach {
                     name,
                     iface: iface.to_owned(),
@@ -244,7 +279,7 @@ impl Dataplane {
                 let id = program
                     .attach_with_options(
                         iface,
-                        TcAttachType::Ingress,
+                        attach_type,
                         TcAttachOptions::TcxOrder(LinkOrder::default()),
                     )
                     .map_err(|source| Error::Attach {
@@ -265,10 +300,20 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Detaches the Service program from `iface` by removing its pinned
-    /// link. Absent is not an error.
+    /// Detaches the Service (or uplink) program from `iface` by removing
+    /// its pinned link. Absent is not an error.
     pub fn detach_service_tc(&self, iface: &str) -> Result<()> {
-        let pin = self.link_pin_path(iface);
+        for name in [
+            names::PROG_SERVICE_TC,
+            names::PROG_NODEPORT_TC,
+            names::PROG_NODEPORT_EGRESS_TC,
+        ] {
+            self.remove_pin(self.pin_dir.join(format!("link_{name}_{iface}")))?;
+        }
+        Ok(())
+    }
+
+    fn remove_pin(&self, pin: PathBuf) -> Result<()> {
         match std::fs::remove_file(&pin) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::PinDir {
                 path: pin,
@@ -358,10 +403,6 @@ impl Dataplane {
             }
         }
         Ok(())
-    }
-
-    fn link_pin_path(&self, iface: &str) -> PathBuf {
-        self.pin_dir.join(format!("link_service_tc_{iface}"))
     }
 
     /// Reads the per-interface counters, summed over CPUs.
