@@ -34,6 +34,15 @@ pub fn run(opts: &Options) -> Result<()> {
         step("test", "setup: everything present");
     }
     let object = build_ebpf::run(&build_ebpf::Options { release: true })?;
+    // End-to-end tests run the real binaries (node agent, coxctl, control
+    // plane), which `cargo test` alone does not build for other packages.
+    step("test", "building the workspace binaries");
+    exec(Command::new(env!("CARGO")).current_dir(repo_root()).args([
+        "build",
+        "--workspace",
+        "--bins",
+        "--locked",
+    ]))?;
     step("test", "running the workspace tests");
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(repo_root())

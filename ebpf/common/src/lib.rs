@@ -46,6 +46,11 @@ pub mod names {
     /// LRU hash map: [`AffinityKeyV4`](crate::AffinityKeyV4) →
     /// [`AffinityValue`](crate::AffinityValue).
     pub const AFFINITY_V4: &str = "AFFINITY_V4";
+    /// Per-CPU hash map: service id (`u32`) → [`Counters`](crate::Counters),
+    /// packets and bytes of translated flows (both directions).
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    /// Per-CPU hash map: backend id (`u32`) → [`Counters`](crate::Counters).
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// tc classifier for the node's uplink: NodePort, externalIPs and
     /// load-balancer IPs from other machines (honours
     /// `externalTrafficPolicy`), and the replies of source-NATed flows.

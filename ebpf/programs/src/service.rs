@@ -7,12 +7,12 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail},
     macros::{classifier, map},
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuHashMap},
     programs::TcContext,
 };
 use coxswain_ebpf_common::{
     AFFINITY_MAX_ENTRIES, AffinityKeyV4, AffinityValue, BACKENDS_MAX_ENTRIES, BackendV4,
-    CONNTRACK_MAX_ENTRIES, CtKeyV4, CtValue, NodeConfigV4, REV_NAT_MAX_ENTRIES, RevNatV4,
+    CONNTRACK_MAX_ENTRIES, Counters, CtKeyV4, CtValue, NodeConfigV4, REV_NAT_MAX_ENTRIES, RevNatV4,
     SERVICES_MAX_ENTRIES, ServiceKeyV4, ServiceValue, backend_flags, ct_dir, ct_flags, proto,
     scope, service_flags,
 };
@@ -45,6 +45,36 @@ static NODE_CONFIG_V4: Array<NodeConfigV4> = Array::pinned(1, 0);
 #[map]
 static AFFINITY_V4: LruHashMap<AffinityKeyV4, AffinityValue> =
     LruHashMap::pinned(AFFINITY_MAX_ENTRIES, 0);
+
+/// Packets and bytes per Service frontend (by service id), per CPU.
+#[map]
+static SERVICE_STATS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(REV_NAT_MAX_ENTRIES, 0);
+
+/// Packets and bytes per backend (by backend id), per CPU.
+#[map]
+static BACKEND_STATS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
+
+/// Adds one packet of `len` bytes to a counter map entry.
+#[inline(always)]
+fn count(map: &PerCpuHashMap<u32, Counters>, id: u32, len: u64) {
+    match map.get_ptr_mut(&id) {
+        // SAFETY: a per-CPU value: only this CPU writes it while we run.
+        Some(c) => unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
+        },
+        None => {
+            let _ = map.insert(
+                &id,
+                &Counters {
+                    packets: 1,
+                    bytes: len,
+                },
+                0,
+            );
+        }
+    }
+}
 
 /// Pod side: traffic from pods (and replies from local backends).
 #[classifier]
@@ -183,6 +213,9 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
             (*ct).last_seen_ns = now;
             *ct
         };
+        let len = u64::from(ctx.len());
+        count(&SERVICE_STATS, ct.service_id, len);
+        count(&BACKEND_STATS, ct.backend_id, len);
         if ct.flags & ct_flags::SNAT != 0 {
             rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, ct.client_addr)?;
         }
@@ -321,6 +354,9 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
             value
         }
     };
+    let len = u64::from(ctx.len());
+    count(&SERVICE_STATS, ct.service_id, len);
+    count(&BACKEND_STATS, ct.backend_id, len);
     // Hairpin flows take their new source here; external flows on the
     // uplink's egress (`nodeport_egress_tc`), after routing.
     if ct.flags & ct_flags::SNAT != 0 && ct.flags & ct_flags::EXTERNAL == 0 {

@@ -5,6 +5,7 @@
 //! XDP) to the interfaces it is given; the service proxy and the kubelet grow
 //! here. It never touches an interface it was not named.
 
+mod api;
 mod metrics;
 mod proxy_loop;
 
@@ -54,6 +55,12 @@ struct Args {
     /// attached to its tc ingress. Repeat for several.
     #[arg(long = "service-iface", value_name = "NAME")]
     service_ifaces: Vec<String>,
+
+    /// The node's uplink (the interface other machines reach it through):
+    /// NodePort, externalIPs and load-balancer IPs are served here. Only
+    /// the interface named is touched.
+    #[arg(long = "uplink-iface", value_name = "NAME")]
+    uplink_ifaces: Vec<String>,
 
     /// cgroup v2 directory whose processes get socket-level Service load
     /// balancing (the root cgroup covers every host process).
@@ -109,6 +116,7 @@ async fn main() -> Result<()> {
     if args.ifaces.is_empty()
         && args.xdp_ifaces.is_empty()
         && args.service_ifaces.is_empty()
+        && args.uplink_ifaces.is_empty()
         && args.socket_lb_cgroup.is_none()
     {
         bail!(
@@ -137,6 +145,11 @@ async fn main() -> Result<()> {
             .attach_service_tc(iface)
             .with_context(|| format!("--service-iface {iface}"))?;
     }
+    for iface in &args.uplink_ifaces {
+        dataplane
+            .attach_nodeport_tc(iface)
+            .with_context(|| format!("--uplink-iface {iface}"))?;
+    }
     if let Some(cgroup) = &args.socket_lb_cgroup {
         dataplane
             .attach_socket_lb(cgroup)
@@ -148,7 +161,8 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("failed to listen on --metrics-addr {}", args.metrics_addr))?;
     info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /dataplane/counters");
-    let (app, proxy_metrics) = metrics::router(dataplane.clone());
+    let (metrics_routes, proxy_metrics) = metrics::router(dataplane.clone());
+    let (names_tx, names_rx) = tokio::sync::mpsc::channel(8);
     let proxy = match args.kubeconfig.clone() {
         Some(kubeconfig) => {
             let config = proxy_loop::ProxyConfig {
@@ -157,7 +171,7 @@ async fn main() -> Result<()> {
             };
             let dataplane = dataplane.clone();
             Some(tokio::spawn(async move {
-                proxy_loop::run(config, dataplane, proxy_metrics).await
+                proxy_loop::run(config, dataplane, proxy_metrics, names_rx).await
             }))
         }
         None => {
@@ -165,6 +179,10 @@ async fn main() -> Result<()> {
             None
         }
     };
+    let app = metrics_routes.merge(api::router(api::ApiState {
+        dataplane: dataplane.clone(),
+        names: proxy.is_some().then_some(names_tx),
+    }));
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
     match proxy {
         Some(proxy) => tokio::select! {

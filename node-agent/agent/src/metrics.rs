@@ -2,13 +2,12 @@
 //! dataplane counters as JSON (what `coxctl dataplane` reads).
 
 use std::{
-    collections::BTreeMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use axum::{
-    Json, Router,
+    Router,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -24,7 +23,6 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use serde::Serialize;
 
 type Shared = Arc<Mutex<Dataplane>>;
 
@@ -43,7 +41,7 @@ impl ProxyMetrics {
     }
 }
 
-/// Builds the router for `/metrics`, `/healthz` and `/dataplane/counters`,
+/// Builds the router for `/metrics` and `/healthz`,
 /// and the proxy metrics it exports.
 pub fn router(dataplane: Shared) -> (Router, ProxyMetrics) {
     let mut registry = Registry::default();
@@ -72,13 +70,6 @@ pub fn router(dataplane: Shared) -> (Router, ProxyMetrics) {
                 let registry = registry.clone();
                 async move { encode_registry(&registry) }
             }),
-        )
-        .route(
-            "/dataplane/counters",
-            get(move || {
-                let dataplane = dataplane.clone();
-                async move { counters_json(&dataplane) }
-            }),
         );
     (router, proxy)
 }
@@ -102,51 +93,6 @@ fn encode_registry(registry: &Registry) -> Response {
     }
 }
 
-/// One row of `/dataplane/counters`.
-#[derive(Debug, Serialize)]
-struct CounterRow {
-    ifindex: u32,
-    iface: Option<String>,
-    hook: &'static str,
-    packets: u64,
-    bytes: u64,
-}
-
-fn counters_json(dataplane: &Shared) -> Response {
-    let dataplane = dataplane.lock().unwrap_or_else(|e| e.into_inner());
-    match dataplane.iface_counters() {
-        Ok(counters) => {
-            let names = iface_names();
-            let rows: Vec<CounterRow> = counters
-                .iter()
-                .map(|((ifindex, hook), c)| CounterRow {
-                    ifindex: *ifindex,
-                    iface: names.get(ifindex).cloned(),
-                    hook: hook.as_str(),
-                    packets: c.packets,
-                    bytes: c.bytes,
-                })
-                .collect();
-            Json(rows).into_response()
-        }
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    }
-}
-
-/// Interface names by index, from sysfs of the agent's network namespace.
-fn iface_names() -> BTreeMap<u32, String> {
-    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
-        return BTreeMap::new();
-    };
-    dir.flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            let index = std::fs::read_to_string(entry.path().join("ifindex")).ok()?;
-            Some((index.trim().parse().ok()?, name))
-        })
-        .collect()
-}
-
 /// Reads the kernel counters at scrape time.
 #[derive(Debug)]
 struct IfaceCounterCollector(Shared);
@@ -158,7 +104,7 @@ impl Collector for IfaceCounterCollector {
             // A failed map read yields no samples rather than a failed scrape.
             dataplane.iface_counters().unwrap_or_default()
         };
-        let names = iface_names();
+        let names = crate::api::iface_names();
         let labels = |ifindex: &u32, hook: &str| {
             vec![
                 (

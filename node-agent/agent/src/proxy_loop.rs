@@ -21,7 +21,9 @@ use kube::{
 };
 use tracing::{debug, info, warn};
 
-use crate::metrics::ProxyMetrics;
+use tokio::sync::mpsc;
+
+use crate::{api::NamesRequest, metrics::ProxyMetrics};
 
 /// What the proxy loop needs.
 #[derive(Debug)]
@@ -65,6 +67,7 @@ pub async fn run(
     config: ProxyConfig,
     dataplane: Arc<Mutex<Dataplane>>,
     metrics: ProxyMetrics,
+    mut names: mpsc::Receiver<NamesRequest>,
 ) -> Result<()> {
     let client = client(config.kubeconfig.as_ref()).await?;
     let mut proxy = ProxyState::new(NodeInfo {
@@ -107,7 +110,23 @@ pub async fn run(
     let mut initial = InitialLists::default();
     let mut relist = Relist::default();
     info!(node = %config.node_name, "service proxy watching Services, EndpointSlices and the Node");
-    while let Some(update) = updates.next().await {
+    loop {
+        let update = tokio::select! {
+            update = updates.next() => match update {
+                Some(update) => update,
+                None => break,
+            },
+            Some(reply) = names.recv() => {
+                let owners = proxy
+                    .desired()
+                    .into_iter()
+                    .filter(|f| f.active)
+                    .filter_map(|f| Some((f.service_id?, format!("{}:{}", f.service, f.port_name).trim_end_matches(':').to_owned())))
+                    .collect();
+                let _ = reply.send(owners);
+                continue;
+            }
+        };
         let update = match update {
             Ok(update) => update,
             Err(e) => {
@@ -117,6 +136,14 @@ pub async fn run(
         };
         let start = Instant::now();
         let mut dp = lock(&dataplane);
+        if let Update::Node(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) = &update {
+            // External flows to backends on other nodes leave with the
+            // node's first address as their source.
+            let snat = node_info(n).addresses.first().copied();
+            if let Err(e) = dp.set_snat_address(snat) {
+                warn!(error = %e, "failed to set the SNAT address");
+            }
+        }
         let maps = dp.service_maps();
         let result = apply(&mut proxy, maps, update, &mut initial, &mut relist);
         drop(dp);

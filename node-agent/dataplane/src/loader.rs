@@ -405,6 +405,47 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Packets and bytes per Service frontend (by service id), summed over
+    /// CPUs.
+    pub fn service_stats(&self) -> Result<std::collections::BTreeMap<u32, Counters>> {
+        self.id_counters(names::SERVICE_STATS)
+    }
+
+    /// Packets and bytes per backend (by backend id), summed over CPUs.
+    pub fn backend_stats(&self) -> Result<std::collections::BTreeMap<u32, Counters>> {
+        self.id_counters(names::BACKEND_STATS)
+    }
+
+    fn id_counters(&self, name: &'static str) -> Result<std::collections::BTreeMap<u32, Counters>> {
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let map: PerCpuHashMap<_, u32, Counters> =
+            PerCpuHashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+        let mut out = std::collections::BTreeMap::new();
+        for entry in map.iter() {
+            let (id, values) = entry.map_err(|source| Error::Map { name, source })?;
+            out.insert(id, sum_per_cpu(values.iter()));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` tracked flows (both directions' entries).
+    pub fn conntrack(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(coxswain_ebpf_common::CtKeyV4, coxswain_ebpf_common::CtValue)>> {
+        let name = names::CONNTRACK_V4;
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let map: aya::maps::HashMap<
+            _,
+            coxswain_ebpf_common::CtKeyV4,
+            coxswain_ebpf_common::CtValue,
+        > = aya::maps::HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+        let mut out = Vec::new();
+        // An entry evicted while we iterate is simply skipped.
+        out.extend(map.iter().take(limit).flatten());
+        Ok(out)
+    }
+
     /// Reads the per-interface counters, summed over CPUs.
     pub fn iface_counters(&self) -> Result<IfaceCounters> {
         let name = names::IFACE_COUNTERS;
