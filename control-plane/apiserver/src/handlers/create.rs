@@ -1,0 +1,189 @@
+//! `POST`: create an object (generateName, system metadata, defaults, validation,
+//! namespace lifecycle, Service allocations), and pod bindings.
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::Ctx;
+use super::write::{self, Commit, service};
+use crate::codec::{self, BodyType, add_warnings, json_response};
+use crate::object::{self, meta_mut};
+use crate::status::{ApiError, Result, success_status};
+use crate::{storage, validation};
+
+/// Characters of generated name suffixes (no vowels, no look-alikes), as upstream.
+const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+/// Attempts at a free generated name before giving up.
+const GENERATE_ATTEMPTS: usize = 8;
+
+fn random_suffix() -> String {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes[..5]
+        .iter()
+        .map(|b| SUFFIX_ALPHABET[*b as usize % SUFFIX_ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Decodes a create or update body (JSON or YAML only).
+pub(crate) fn decode_body(ctx: &Ctx, body: &Bytes) -> Result<Value> {
+    let ty = codec::body_type(&ctx.headers)?;
+    if !matches!(ty, BodyType::Json | BodyType::Yaml) {
+        return Err(ApiError::UnsupportedMediaType(
+            "a patch media type is only accepted by PATCH: use application/json or application/yaml"
+                .to_owned(),
+        ));
+    }
+    codec::decode(body, ty)
+}
+
+/// `POST /.../<resource>`.
+pub(crate) async fn create(ctx: &Ctx, body: Bytes) -> Result<Response> {
+    let value = decode_body(ctx, &body)?;
+    let (obj, warnings) = ctx.decode_object(value)?;
+    let (status, obj) = create_object(ctx, obj).await?;
+    let mut response = json_response(status, &obj);
+    add_warnings(&mut response, &warnings);
+    Ok(response)
+}
+
+/// Creates a decoded object: the body of `create`, also used by server-side apply of an
+/// absent object.
+pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<(StatusCode, Value)> {
+    let rt = ctx.rt;
+    if rt.namespaced {
+        let ns = ctx.namespace.clone().unwrap_or_default();
+        let body_ns = object::namespace(&obj);
+        if !body_ns.is_empty() && body_ns != ns {
+            return Err(ApiError::BadRequest(
+                "the namespace of the provided object does not match the namespace sent on the request"
+                    .to_owned(),
+            ));
+        }
+        meta_mut(&mut obj).insert("namespace".into(), json!(ns));
+    } else {
+        meta_mut(&mut obj).remove("namespace");
+    }
+    let generate = object::name(&obj)
+        .is_empty()
+        .then(|| object::meta_str(&obj, "generateName").to_owned())
+        .filter(|g| !g.is_empty());
+    if let Some(prefix) = &generate {
+        let mut prefix = prefix.clone();
+        prefix.truncate(63 - 5);
+        meta_mut(&mut obj).insert("name".into(), json!(format!("{prefix}{}", random_suffix())));
+    }
+    let name = object::name(&obj).to_owned();
+    if rt.namespaced && !name.is_empty() {
+        write::check_namespace(ctx, object::namespace(&obj), &name).await?;
+    }
+    write::stamp_new(ctx, &mut obj);
+    (rt.defaults)(&mut obj);
+    write::invalid(ctx, &name, validation::validate(rt, &obj, None))?;
+    let dry_run = ctx.params.dry_run()?;
+    if dry_run {
+        return Ok((StatusCode::CREATED, obj));
+    }
+    let allocations = if rt.kind == "Service" {
+        service::on_create(ctx, &mut obj).await?
+    } else {
+        service::Allocations::default()
+    };
+    let mut attempts = 0;
+    loop {
+        let name = object::name(&obj).to_owned();
+        let result = ctx
+            .state
+            .store
+            .create(&ctx.key(&name), storage::encode(&obj)?)
+            .await;
+        match result {
+            Ok(kv) => {
+                object::set_resource_version(&mut obj, kv.mod_revision);
+                return Ok((StatusCode::CREATED, obj));
+            }
+            Err(coxswain_store::Error::AlreadyExists { .. })
+                if generate.is_some() && attempts < GENERATE_ATTEMPTS =>
+            {
+                attempts += 1;
+                let mut prefix = generate.clone().unwrap_or_default();
+                prefix.truncate(63 - 5);
+                meta_mut(&mut obj)
+                    .insert("name".into(), json!(format!("{prefix}{}", random_suffix())));
+            }
+            Err(e) => {
+                allocations.rollback(ctx).await;
+                return Err(ApiError::from_store(e, &ctx.target(&name)));
+            }
+        }
+    }
+}
+
+/// `POST /api/v1/namespaces/<ns>/pods/<name>/binding`: sets `spec.nodeName` once.
+pub(crate) async fn binding(ctx: &Ctx, body: Bytes) -> Result<Response> {
+    let binding = decode_body(ctx, &body)?;
+    let name = ctx.url_name()?.to_owned();
+    let node = object::at_path(&binding, "target.name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if node.is_empty() {
+        return Err(ApiError::Invalid {
+            kind: "Binding".into(),
+            target: ctx.target(&name),
+            causes: vec![crate::status::Cause::required("target.name")],
+        });
+    }
+    loop {
+        let (current, rev) = ctx.current(&name).await?;
+        if object::is_terminating(&current) {
+            return Err(ApiError::Conflict(
+                ctx.target(&name),
+                "pod is being deleted, cannot be assigned to a host".to_owned(),
+            ));
+        }
+        match object::at_path(&current, "spec.nodeName").and_then(Value::as_str) {
+            Some(existing) if !existing.is_empty() => {
+                return Err(ApiError::Conflict(
+                    ctx.target(&name),
+                    format!("pod {name} is already assigned to node \"{existing}\""),
+                ));
+            }
+            _ => {}
+        }
+        let mut new = current.clone();
+        new["spec"]["nodeName"] = json!(node);
+        let bind_ctx = Ctx {
+            state: ctx.state.clone(),
+            rt: ctx.rt,
+            namespace: ctx.namespace.clone(),
+            name: ctx.name.clone(),
+            subresource: None,
+            params: Default::default(),
+            headers: Default::default(),
+        };
+        let merged = write::merge_update(&bind_ctx, &current, new);
+        match write::commit_update(&bind_ctx, &current, rev, merged).await? {
+            Commit::Done(..) => {
+                return Ok(json_response(
+                    StatusCode::CREATED,
+                    &success_status(201, None),
+                ));
+            }
+            Commit::Raced => continue,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffixes_use_the_upstream_alphabet() {
+        let s = random_suffix();
+        assert_eq!(s.len(), 5);
+        assert!(s.bytes().all(|b| SUFFIX_ALPHABET.contains(&b)));
+    }
+}

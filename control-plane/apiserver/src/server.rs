@@ -1,0 +1,223 @@
+//! The API server: configuration, shared state, the router with its layers, and serving.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use coxswain_store::Store;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::allocator::{Allocator, Ipv4Cidr};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::status::ApiError;
+use crate::watch_cache::{CacheConfig, WatchCaches};
+use crate::{discovery, handlers, namespaces, openapi, request_info};
+
+/// The largest request body accepted (larger ones get 413): 3 MiB, as kube-apiserver.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Errors starting the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The built-in objects (namespaces) could not be created.
+    #[error("failed to bootstrap the cluster's built-in namespaces: {0}")]
+    Bootstrap(#[source] ApiError),
+}
+
+/// How the API server behaves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The range Service cluster IPs are allocated from (`10.96.0.0/12`).
+    pub service_cidr: String,
+    /// The range node ports are allocated from.
+    pub node_ports: (u16, u16),
+    /// Request bodies larger than this are refused with 413.
+    pub max_body_bytes: usize,
+    /// How often watches that allow bookmarks get one.
+    pub bookmark_interval: Duration,
+    /// How long a watch lasts when the client gives no `timeoutSeconds`.
+    pub default_watch_timeout: Duration,
+    /// Watch cache tuning.
+    pub watch_cache_events: usize,
+    /// Events buffered per watcher before it is closed as too slow.
+    pub watcher_buffer: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            service_cidr: "10.96.0.0/12".to_owned(),
+            node_ports: (30000, 32767),
+            max_body_bytes: MAX_BODY_BYTES,
+            bookmark_interval: Duration::from_secs(10),
+            default_watch_timeout: Duration::from_secs(1800),
+            watch_cache_events: 10_000,
+            watcher_buffer: 10_000,
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub(crate) struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub registry: Registry,
+    pub caches: WatchCaches,
+    pub config: ServerConfig,
+    pub allocator: Allocator,
+    pub metrics: Metrics,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The Kubernetes API server over a store.
+#[derive(Debug)]
+pub struct ApiServer {
+    state: Arc<ApiState>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl ApiServer {
+    /// Builds the server over `store` and creates the built-in namespaces if missing.
+    pub async fn new(store: Arc<dyn Store>, config: ServerConfig) -> Result<ApiServer, Error> {
+        let cidr: Ipv4Cidr = config.service_cidr.parse().map_err(Error::Config)?;
+        if config.node_ports.0 > config.node_ports.1 {
+            return Err(Error::Config("the node port range is empty".to_owned()));
+        }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let caches = WatchCaches::new(
+            store.clone(),
+            CacheConfig {
+                ring: config.watch_cache_events,
+                broadcast: config.watcher_buffer,
+            },
+        );
+        let state = Arc::new(ApiState {
+            allocator: Allocator::new(store.clone(), cidr, config.node_ports),
+            store,
+            registry: Registry::builtin(),
+            caches,
+            config,
+            metrics: Metrics::new(),
+            shutdown: shutdown_rx,
+        });
+        namespaces::bootstrap(&state)
+            .await
+            .map_err(Error::Bootstrap)?;
+        Ok(ApiServer { state, shutdown })
+    }
+
+    /// The HTTP service. Layers, outermost first: request info (parses what the request is
+    /// about into a `RequestInfo` extension), metrics, then the routes. Authentication,
+    /// authorization and admission will be layers between request info and metrics, each
+    /// reading `RequestInfo`.
+    pub fn router(&self) -> Router {
+        let state = self.state.clone();
+        let not_allowed = || async { ApiError::MethodNotAllowed };
+        Router::new()
+            .route("/version", get(version).fallback(not_allowed))
+            .route("/healthz", get(health).fallback(not_allowed))
+            .route("/livez", get(health).fallback(not_allowed))
+            .route("/readyz", get(health).fallback(not_allowed))
+            .route("/metrics", get(metrics).fallback(not_allowed))
+            .route("/api", get(discovery::api).fallback(not_allowed))
+            .route("/apis", get(discovery::apis).fallback(not_allowed))
+            .route("/openapi/v2", get(openapi::v2).fallback(not_allowed))
+            .route("/openapi/v3", get(openapi::v3_index).fallback(not_allowed))
+            .route(
+                "/openapi/v3/{*path}",
+                get(openapi::v3_document).fallback(not_allowed),
+            )
+            .fallback(handlers::dispatch)
+            .with_state(state.clone())
+            .layer(middleware::from_fn_with_state(state, crate::metrics::layer))
+            .layer(middleware::from_fn(request_info::layer))
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then ends open watches and returns
+    /// once in-flight requests have finished.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let addr: Option<SocketAddr> = listener.local_addr().ok();
+        info!(?addr, "API server serving");
+        let router = self.router();
+        let stop = self.shutdown.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            })
+            .await
+    }
+
+    /// Ends every open watch (as shutdown does), without stopping the server.
+    pub fn close_watches(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+async fn version() -> Response {
+    crate::codec::json_response(
+        StatusCode::OK,
+        &json!({
+            "major": "1",
+            "minor": "37",
+            "emulationMajor": "1",
+            "emulationMinor": "37",
+            "minCompatibilityMajor": "1",
+            "minCompatibilityMinor": "36",
+            "gitVersion": concat!("v1.37.0-coxswain.", env!("CARGO_PKG_VERSION")),
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "",
+            "goVersion": "",
+            "compiler": "rustc",
+            "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+        }),
+    )
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let mut response = state.metrics.encode().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// The kubeconfig of the cluster admin for a server at `server_url` (no credentials yet).
+pub fn admin_kubeconfig(server_url: &str) -> String {
+    format!(
+        "apiVersion: v1\n\
+         kind: Config\n\
+         clusters:\n\
+         - name: coxswain\n  cluster:\n    server: {server_url}\n\
+         contexts:\n\
+         - name: coxswain-admin\n  context:\n    cluster: coxswain\n    user: admin\n    namespace: default\n\
+         current-context: coxswain-admin\n\
+         users:\n\
+         - name: admin\n  user: {{}}\n\
+         preferences: {{}}\n"
+    )
+}

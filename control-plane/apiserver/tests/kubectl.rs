@@ -1,0 +1,537 @@
+//! The real kubectl (v1.37) against an in-process API server, on the embedded store and on a
+//! single-member etcd: what a user types, and what they see.
+
+mod common;
+
+use anyhow::{Context, Result, ensure};
+use common::{Backend, StoreHandle, TestServer};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.25
+        ports:
+        - containerPort: 80
+        env:
+        - {name: A, value: "1"}
+      - name: sidecar
+        image: envoy:1
+"#;
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: on-n1, labels: {app: db, tier: back}}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: busybox:1.36}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unscheduled, labels: {app: web, tier: front}}
+spec:
+  containers: [{name: c, image: busybox}]
+"#;
+
+async fn workflow(backend: Backend) -> Result<()> {
+    let store = StoreHandle::open(backend).await?;
+    let server = TestServer::start(store.store.clone()).await?;
+
+    let version = server.kubectl(&["version"]).await?;
+    ensure!(version.contains("Server Version: v1.37"), "{version}");
+    let resources = server.kubectl(&["api-resources"]).await?;
+    for needle in [
+        "deployments",
+        "deploy",
+        "apps/v1",
+        "pods",
+        "po",
+        "endpointslices",
+        "leases",
+        "clusterrolebindings",
+    ] {
+        ensure!(
+            resources.contains(needle),
+            "api-resources lacks {needle}:\n{resources}"
+        );
+    }
+
+    // apply: created, unchanged, configured; generation follows spec changes only.
+    ensure!(
+        server
+            .apply(DEPLOYMENT, &[])
+            .await?
+            .contains("deployment.apps/web created")
+    );
+    ensure!(
+        server
+            .apply(DEPLOYMENT, &[])
+            .await?
+            .contains("deployment.apps/web unchanged")
+    );
+    let changed = DEPLOYMENT.replace("replicas: 2", "replicas: 3");
+    ensure!(
+        server
+            .apply(&changed, &[])
+            .await?
+            .contains("deployment.apps/web configured")
+    );
+    let got = server
+        .kubectl(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.generation} {.spec.strategy.type}",
+        ])
+        .await?;
+    ensure!(got == "3 2 RollingUpdate", "{got}");
+
+    // Output formats.
+    let wide = server
+        .kubectl(&["get", "deployments", "-o", "wide"])
+        .await?;
+    let header = wide.lines().next().unwrap_or_default();
+    for col in [
+        "NAME",
+        "READY",
+        "UP-TO-DATE",
+        "AVAILABLE",
+        "AGE",
+        "CONTAINERS",
+        "IMAGES",
+        "SELECTOR",
+    ] {
+        ensure!(header.contains(col), "wide header lacks {col}: {wide}");
+    }
+    ensure!(
+        wide.contains("nginx,sidecar") && wide.contains("app=web"),
+        "{wide}"
+    );
+    let yaml = server
+        .kubectl(&["get", "deploy", "web", "-o", "yaml"])
+        .await?;
+    ensure!(
+        yaml.contains("kind: Deployment") && yaml.contains("progressDeadlineSeconds: 600"),
+        "{yaml}"
+    );
+    let json: Value = serde_json::from_str(
+        &server
+            .kubectl(&["get", "deploy", "web", "-o", "json"])
+            .await?,
+    )?;
+    ensure!(json["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent");
+    ensure!(
+        server
+            .kubectl(&["get", "deploy", "-o", "name"])
+            .await?
+            .trim()
+            == "deployment.apps/web"
+    );
+
+    // label, annotate, selectors.
+    server
+        .kubectl(&["label", "deploy", "web", "tier=front"])
+        .await?;
+    server
+        .kubectl(&["annotate", "deploy", "web", "note=hello"])
+        .await?;
+    ensure!(
+        server
+            .kubectl(&[
+                "get",
+                "deploy",
+                "-l",
+                "tier in (front,back),app",
+                "-o",
+                "name"
+            ])
+            .await?
+            .trim()
+            == "deployment.apps/web"
+    );
+    let none = server
+        .kubectl_with_input(&["get", "deploy", "-l", "tier=back"], None)
+        .await?;
+    ensure!(String::from_utf8_lossy(&none.stderr).contains("No resources found"));
+    let note = server
+        .kubectl(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.metadata.annotations.note}",
+        ])
+        .await?;
+    ensure!(note == "hello", "{note}");
+
+    // patch: merge, json, strategic (containers merge by name, env by name).
+    server
+        .kubectl(&[
+            "patch",
+            "deploy",
+            "web",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"replicas":4}}"#,
+        ])
+        .await?;
+    server
+        .kubectl(&[
+            "patch",
+            "deploy",
+            "web",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/replicas","value":5}]"#,
+        ])
+        .await?;
+    server
+        .kubectl(&["patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.26","env":[{"name":"B","value":"2"}]}]}}}}"#])
+        .await?;
+    let got = server
+        .kubectl(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[*].name} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[*].name}"])
+        .await?;
+    ensure!(got == "5 nginx sidecar nginx:1.26 A B", "{got}");
+
+    // scale through the scale subresource.
+    ensure!(
+        server
+            .kubectl(&["scale", "deploy", "web", "--replicas=1"])
+            .await?
+            .contains("scaled")
+    );
+    ensure!(
+        server
+            .kubectl(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])
+            .await?
+            == "1"
+    );
+
+    // Pods: table columns, field selectors.
+    server.apply(PODS, &[]).await?;
+    let pods = server.kubectl(&["get", "pods"]).await?;
+    ensure!(
+        pods.lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        "{pods}"
+    );
+    ensure!(pods.contains("0/1") && pods.contains("Pending"), "{pods}");
+    let wide = server.kubectl(&["get", "pods", "-o", "wide"]).await?;
+    ensure!(wide.contains("NODE") && wide.contains("n1"), "{wide}");
+    ensure!(
+        server
+            .kubectl(&[
+                "get",
+                "pods",
+                "--field-selector",
+                "spec.nodeName=n1",
+                "-o",
+                "name"
+            ])
+            .await?
+            .trim()
+            == "pod/on-n1"
+    );
+    let pending = server
+        .kubectl(&[
+            "get",
+            "pods",
+            "--field-selector",
+            "status.phase=Pending,metadata.name!=on-n1",
+            "-o",
+            "name",
+        ])
+        .await?;
+    ensure!(pending.trim() == "pod/unscheduled", "{pending}");
+    let err = server
+        .kubectl_fails(&["get", "pods", "--field-selector", "spec.bogus=x"])
+        .await?;
+    ensure!(err.contains("field label not supported"), "{err}");
+
+    // Services get cluster IPs and node ports.
+    server
+        .apply("apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80}]\n", &[])
+        .await?;
+    let svc = server
+        .kubectl(&[
+            "get",
+            "svc",
+            "web",
+            "-o",
+            "jsonpath={.spec.clusterIP} {.spec.ports[0].nodePort} {.spec.ports[0].targetPort}",
+        ])
+        .await?;
+    let parts: Vec<&str> = svc.split(' ').collect();
+    ensure!(
+        parts.len() == 3 && parts[0].starts_with("10.") && parts[2] == "80",
+        "{svc}"
+    );
+    let port: u16 = parts[1].parse()?;
+    ensure!((30000..=32767).contains(&port), "{svc}");
+
+    // Server-side apply creates, then updates, and records the field manager.
+    let ssa = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: '1'}\n";
+    ensure!(
+        server
+            .apply(ssa, &["--server-side"])
+            .await?
+            .contains("serverside-applied")
+    );
+    ensure!(
+        server
+            .apply(&ssa.replace("'1'", "'2'"), &["--server-side"])
+            .await?
+            .contains("serverside-applied")
+    );
+    let got = server
+        .kubectl(&["get", "cm", "ssa", "-o", "jsonpath={.data.a} {.metadata.managedFields[0].manager} {.metadata.managedFields[0].operation}"])
+        .await?;
+    ensure!(got == "2 kubectl Apply", "{got}");
+
+    // delete (the unscheduled pod goes at once; the bound one waits for its kubelet).
+    ensure!(
+        server
+            .kubectl(&["delete", "deploy", "web"])
+            .await?
+            .contains("deleted")
+    );
+    let err = server.kubectl_fails(&["get", "deploy", "web"]).await?;
+    ensure!(
+        err.contains("NotFound") && err.contains("deployments.apps \"web\" not found"),
+        "{err}"
+    );
+    server.kubectl(&["delete", "pod", "unscheduled"]).await?;
+    server
+        .kubectl(&["delete", "pod", "on-n1", "--wait=false"])
+        .await?;
+    let status = server
+        .kubectl(&[
+            "get",
+            "pod",
+            "on-n1",
+            "-o",
+            "jsonpath={.metadata.deletionGracePeriodSeconds}",
+        ])
+        .await?;
+    ensure!(
+        status == "30",
+        "graceful deletion keeps the pod for its grace period: {status}"
+    );
+    server
+        .kubectl(&["delete", "pod", "on-n1", "--grace-period=0", "--force"])
+        .await?;
+    server.kubectl_fails(&["get", "pod", "on-n1"]).await?;
+    Ok(())
+}
+
+async fn namespaces(backend: Backend) -> Result<()> {
+    let store = StoreHandle::open(backend).await?;
+    let server = TestServer::start(store.store.clone()).await?;
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {k: v}\n";
+    let err = server
+        .apply(cm, &["-n", "missing"])
+        .await
+        .err()
+        .context("apply into a missing namespace")?;
+    ensure!(
+        err.to_string().contains("namespaces \"missing\" not found"),
+        "{err}"
+    );
+
+    // A namespace held by a finalizer stays Terminating and refuses new content.
+    server
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: held, finalizers: [example.com/hold]}\n", &[])
+        .await?;
+    server.apply(cm, &["-n", "held"]).await?;
+    server
+        .kubectl(&["delete", "ns", "held", "--wait=false"])
+        .await?;
+    let phase = server
+        .kubectl(&["get", "ns", "held", "-o", "jsonpath={.status.phase}"])
+        .await?;
+    ensure!(phase == "Terminating", "{phase}");
+    let err = server
+        .apply(&cm.replace("name: c", "name: d"), &["-n", "held"])
+        .await
+        .err()
+        .context("apply into a terminating namespace")?;
+    ensure!(
+        err.to_string().contains("because it is being terminated"),
+        "{err}"
+    );
+    // Its content is deleted; releasing the finalizer lets it go.
+    server
+        .kubectl(&[
+            "wait",
+            "--for=delete",
+            "configmap/c",
+            "-n",
+            "held",
+            "--timeout=20s",
+        ])
+        .await?;
+    server
+        .kubectl(&[
+            "patch",
+            "ns",
+            "held",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+        ])
+        .await?;
+    server
+        .kubectl(&["wait", "--for=delete", "namespace/held", "--timeout=20s"])
+        .await?;
+
+    // A plain namespace deletes with its content, and kubectl waits for that.
+    server
+        .apply(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n",
+            &[],
+        )
+        .await?;
+    server.apply(cm, &["-n", "team"]).await?;
+    server
+        .kubectl(&["delete", "ns", "team", "--timeout=20s"])
+        .await?;
+    server.kubectl_fails(&["get", "ns", "team"]).await?;
+    let names = server.kubectl(&["get", "ns", "-o", "name"]).await?;
+    for ns in coxswain_apiserver::BUILTIN_NAMESPACES {
+        ensure!(names.contains(&format!("namespace/{ns}")), "{names}");
+    }
+    Ok(())
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),*) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Backend::Embedded).await
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Backend::Etcd).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(workflow, namespaces);
+
+/// `kubectl get -w` prints the current object, then a later change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_sees_a_later_change() -> Result<()> {
+    let store = StoreHandle::open(Backend::Embedded).await?;
+    let server = TestServer::start(store.store.clone()).await?;
+    server
+        .apply(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: watched}\ndata: {k: v}\n",
+            &[],
+        )
+        .await?;
+    let mut child = tokio::process::Command::new(common::kubectl_path())
+        .args(["--kubeconfig"])
+        .arg(&server.kubeconfig)
+        .args(["get", "configmaps", "-w", "--output-watch-events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let mut next = async || -> Result<String> {
+        tokio::time::timeout(common::STEP, lines.next_line())
+            .await
+            .context("kubectl get -w printed nothing in time")??
+            .context("kubectl get -w ended")
+    };
+    let header = next().await?;
+    ensure!(
+        header.contains("EVENT") && header.contains("NAME") && header.contains("DATA"),
+        "{header}"
+    );
+    let first = next().await?;
+    ensure!(
+        first.contains("ADDED") && first.contains("watched"),
+        "{first}"
+    );
+    server
+        .kubectl(&["label", "configmap", "watched", "changed=yes"])
+        .await?;
+    let second = next().await?;
+    ensure!(
+        second.contains("MODIFIED") && second.contains("watched"),
+        "{second}"
+    );
+    server.kubectl(&["delete", "configmap", "watched"]).await?;
+    let third = next().await?;
+    ensure!(
+        third.contains("DELETED") && third.contains("watched"),
+        "{third}"
+    );
+    child.kill().await?;
+    Ok(())
+}
+
+/// `kubectl explain` reads the OpenAPI v3 documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_reads_openapi() -> Result<()> {
+    let store = StoreHandle::open(Backend::Embedded).await?;
+    let server = TestServer::start(store.store.clone()).await?;
+    let out = server
+        .kubectl(&["explain", "deployment.spec.replicas"])
+        .await?;
+    ensure!(
+        out.contains("KIND:       Deployment") && out.contains("replicas <integer>"),
+        "{out}"
+    );
+    let out = server
+        .kubectl(&["explain", "pods.spec.containers.image"])
+        .await?;
+    ensure!(out.contains("image <string>"), "{out}");
+    // Client-side validation defers to the server (fieldValidation=Strict).
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {k: v}\nbogus: 1\n";
+    let err = server
+        .apply(bad, &[])
+        .await
+        .err()
+        .context("apply with an unknown field")?;
+    ensure!(err.to_string().contains("unknown field \"bogus\""), "{err}");
+    ensure!(
+        server
+            .apply(bad, &["--validate=false"])
+            .await?
+            .contains("created")
+    );
+    Ok(())
+}
