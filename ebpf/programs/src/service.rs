@@ -280,7 +280,9 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
                 // as kube-proxy's REJECT rule does.
                 return Ok(reject(ctx));
             }
-            let Some((backend_id, b)) = pick_backend(&master_key, &master, flow.saddr, now) else {
+            let Some((backend_id, b)) =
+                pick_backend(&master_key, &master, flow.saddr, Some(flow.sport), now)
+            else {
                 return Ok(TC_ACT_SHOT);
             };
             // External traffic to a backend on another node must come back
@@ -383,6 +385,7 @@ pub(crate) fn pick_backend(
     master_key: &ServiceKeyV4,
     master: &ServiceValue,
     client: u32,
+    clash_port: Option<u16>,
     now: u64,
 ) -> Option<(u32, BackendV4)> {
     let affinity = master.flags & service_flags::AFFINITY != 0;
@@ -402,14 +405,25 @@ pub(crate) fn pick_backend(
             }
         }
     }
-    let pick = unsafe { bpf_get_prandom_u32() } % u32::from(master.count);
-    let slot_key = ServiceKeyV4 {
-        slot: (pick + 1) as u16,
-        ..*master_key
-    };
-    let slot = SERVICES_V4.get_ptr(&slot_key)?;
-    let backend_id = unsafe { (*slot).backend_id };
-    let b = unsafe { *BACKENDS_V4.get_ptr(&backend_id)? };
+    let mut pick = unsafe { bpf_get_prandom_u32() } % u32::from(master.count);
+    let (mut backend_id, mut b) = slot_backend(master_key, pick)?;
+    // A client that reuses its source port towards another Service address
+    // may land on a backend that still holds the previous connection on the
+    // same 4-tuple (TIME_WAIT): the new SYN would be answered as part of the
+    // old connection. Like netfilter NAT keeping translated tuples unique,
+    // move on to the next slot while the 4-tuple was used recently (a few
+    // tries; the last candidate is used in any case).
+    if let Some(client_port) = clash_port {
+        let mut tries = 0;
+        while tries < CLASH_TRIES
+            && master.count > 1
+            && tuple_in_use(&b, client, client_port, master_key.proto, now)
+        {
+            pick = (pick + 1) % u32::from(master.count);
+            (backend_id, b) = slot_backend(master_key, pick)?;
+            tries += 1;
+        }
+    }
     if affinity {
         let value = AffinityValue {
             last_used_ns: now,
@@ -419,6 +433,44 @@ pub(crate) fn pick_backend(
         let _ = AFFINITY_V4.insert(&aff_key, &value, 0);
     }
     Some((backend_id, b))
+}
+
+/// How many other slots a new flow tries when its 4-tuple at the backend is
+/// still in use.
+const CLASH_TRIES: u32 = 3;
+/// How long a backend may keep a closed connection's 4-tuple (Linux's
+/// TIME_WAIT is 60 s).
+const TUPLE_REUSE_NS: u64 = 60 * 1_000_000_000;
+
+/// The backend in slot `pick + 1`.
+#[inline(always)]
+fn slot_backend(master_key: &ServiceKeyV4, pick: u32) -> Option<(u32, BackendV4)> {
+    let slot_key = ServiceKeyV4 {
+        slot: (pick + 1) as u16,
+        ..*master_key
+    };
+    let slot = SERVICES_V4.get_ptr(&slot_key)?;
+    let backend_id = unsafe { (*slot).backend_id };
+    let b = unsafe { *BACKENDS_V4.get_ptr(&backend_id)? };
+    Some((backend_id, b))
+}
+
+/// Whether another flow used the 4-tuple (backend, client) recently.
+#[inline(always)]
+fn tuple_in_use(b: &BackendV4, client: u32, client_port: u16, proto: u8, now: u64) -> bool {
+    let key = CtKeyV4 {
+        saddr: b.addr,
+        daddr: client,
+        sport: b.port,
+        dport: client_port,
+        proto,
+        dir: ct_dir::REPLY,
+        pad: [0; 2],
+    };
+    match CONNTRACK_V4.get_ptr(&key) {
+        Some(ct) => now.wrapping_sub(unsafe { (*ct).last_seen_ns }) < TUPLE_REUSE_NS,
+        None => false,
+    }
 }
 
 /// Rewrites one IPv4 address of the packet, fixing the IPv4 and L4

@@ -74,7 +74,7 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     // Host sockets all share the node's identity as "client" for ClientIP
     // affinity.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some((_, backend)) = pick_backend(&master_key, &master, 0, now) else {
+    let Some((_, backend)) = pick_backend(&master_key, &master, 0, None, now) else {
         return ALLOW;
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
