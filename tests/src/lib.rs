@@ -4,6 +4,7 @@
 //! Every address used lives inside namespaces created here, so test traffic
 //! never reaches the machine's uplink.
 
+pub mod baseline;
 pub mod fixture;
 pub mod netns;
 pub mod servers;

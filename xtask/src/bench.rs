@@ -3,9 +3,12 @@
 
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
-use crate::cmd::{exec, repo_root, step};
+use crate::{
+    build_ebpf,
+    cmd::{exec, is_root, repo_root, step},
+};
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -15,6 +18,10 @@ pub enum Target {
     /// The service proxy's sync engine: programming N Services, one
     /// endpoint change at 10,000 Services (in memory).
     ProxySync,
+    /// Service load balancing with real packets: eBPF, kube-proxy's
+    /// iptables and nftables modes and no translation, side by side for 1
+    /// to 10,000 Services (root; writes target/bench/services.{json,png}).
+    Services,
 }
 
 /// Options of `bench`.
@@ -33,6 +40,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let (package, bench) = match opts.target {
         Target::Store => ("coxswain-store", "store"),
         Target::ProxySync => ("coxswain-proxy", "sync"),
+        Target::Services => return services(opts.quick),
     };
     step(
         "bench",
@@ -45,6 +53,41 @@ pub fn run(opts: &Options) -> Result<()> {
     cmd.current_dir(repo_root())
         .args(["bench", "--locked", "-p", package, "--bench", bench, "--"]);
     if opts.quick {
+        cmd.arg("--quick");
+    }
+    exec(&mut cmd)
+}
+
+/// `bench services`: builds the eBPF object, then runs `bench-services`
+/// (tests/bench) as root with the object's path.
+fn services(quick: bool) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask bench services` creates network namespaces and loads eBPF programs: run it as root"
+        );
+    }
+    let object = build_ebpf::run(&build_ebpf::Options { release: true })?;
+    step(
+        "bench",
+        format!(
+            "coxswain-bench --bin bench-services{}",
+            if quick { " (quick)" } else { "" }
+        ),
+    );
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(repo_root())
+        .args([
+            "run",
+            "--release",
+            "--locked",
+            "-p",
+            "coxswain-bench",
+            "--bin",
+            "bench-services",
+            "--",
+        ])
+        .env("COXSWAIN_EBPF_OBJECT", &object);
+    if quick {
         cmd.arg("--quick");
     }
     exec(&mut cmd)

@@ -38,6 +38,12 @@ mod model;
 mod programmed;
 mod view;
 
+// The kube-proxy baselines are modules of their own: their entry points
+// (`iptables::render`, `nftables::full`, `nftables::update`) read best
+// qualified.
+pub mod iptables;
+pub mod nftables;
+
 pub use desired::FrontendKind;
 pub use engine::{ProxyState, SyncReport};
 pub use error::{Error, Result};
