@@ -313,6 +313,11 @@ impl Dataplane {
         Ok(())
     }
 
+    fn sock_lb_pin(&self, name: &str, cgroup: &Path) -> PathBuf {
+        self.pin_dir
+            .join(format!("link_{name}_{}", cgroup_pin_suffix(cgroup)))
+    }
+
     fn remove_pin(&self, pin: PathBuf) -> Result<()> {
         match std::fs::remove_file(&pin) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::PinDir {
@@ -338,15 +343,8 @@ impl Dataplane {
             path: cgroup.to_owned(),
             source,
         })?;
-        for name in [
-            names::PROG_SOCK_CONNECT4,
-            names::PROG_SOCK_SENDMSG4,
-            names::PROG_SOCK_RECVMSG4,
-            names::PROG_SOCK_GETPEERNAME4,
-        ] {
-            let pin = self
-                .pin_dir
-                .join(format!("link_{name}_{}", cgroup_pin_suffix(cgroup)));
+        for name in SOCK_LB_PROGRAMS {
+            let pin = self.sock_lb_pin(name, cgroup);
             let link_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
                 path: pin.clone(),
                 source,
@@ -383,24 +381,8 @@ impl Dataplane {
 
     /// Detaches socket load balancing from `cgroup` (removes the pins).
     pub fn detach_socket_lb(&self, cgroup: &Path) -> Result<()> {
-        for name in [
-            names::PROG_SOCK_CONNECT4,
-            names::PROG_SOCK_SENDMSG4,
-            names::PROG_SOCK_RECVMSG4,
-            names::PROG_SOCK_GETPEERNAME4,
-        ] {
-            let pin = self
-                .pin_dir
-                .join(format!("link_{name}_{}", cgroup_pin_suffix(cgroup)));
-            match std::fs::remove_file(&pin) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::PinDir {
-                        path: pin,
-                        source: e,
-                    });
-                }
-                _ => {}
-            }
+        for name in SOCK_LB_PROGRAMS {
+            self.remove_pin(self.sock_lb_pin(name, cgroup))?;
         }
         Ok(())
     }
@@ -463,6 +445,14 @@ impl Dataplane {
         Ok(out)
     }
 }
+
+/// The socket load-balancing programs, attached and detached together.
+const SOCK_LB_PROGRAMS: [&str; 4] = [
+    names::PROG_SOCK_CONNECT4,
+    names::PROG_SOCK_SENDMSG4,
+    names::PROG_SOCK_RECVMSG4,
+    names::PROG_SOCK_GETPEERNAME4,
+];
 
 /// A pin-file-safe rendering of a cgroup path.
 fn cgroup_pin_suffix(cgroup: &Path) -> String {
