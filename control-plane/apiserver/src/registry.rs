@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, rbac};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, rbac, scheduling};
 use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
 use serde::Serialize;
@@ -348,6 +348,10 @@ fn builtin() -> Vec<ResourceType> {
             table: &table::STATEFUL_SETS,
             ..ROW
         }),
+        kind::<apps::v1::ControllerRevision>(Row {
+            singular: "controllerrevision",
+            ..ROW
+        }),
         kind::<batch::v1::Job>(Row {
             singular: "job",
             categories: ALL,
@@ -373,6 +377,11 @@ fn builtin() -> Vec<ResourceType> {
         kind::<coordination::v1::Lease>(Row {
             singular: "lease",
             table: &table::LEASES,
+            ..ROW
+        }),
+        kind::<scheduling::v1::PriorityClass>(Row {
+            singular: "priorityclass",
+            short_names: &["pc"],
             ..ROW
         }),
         kind::<rbac::v1::Role>(Row {
