@@ -435,3 +435,78 @@ fn hairpin_a_pod_reaches_itself_through_its_service() {
     // The pod saw the Service address as its peer, not itself.
     assert_eq!(seen_as, format!("b1:{VIP}"));
 }
+
+/// Connects from `port` of the client namespace and asks once; returns the socket and the
+/// backend's name.
+fn connect_from(fx: &Fixture, port: u16) -> anyhow::Result<(TcpStream, String)> {
+    use socket2::{Domain, Socket, Type};
+    fx.client().run_in(|| {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+        socket.connect_timeout(&SocketAddr::from((VIP, 80)).into(), TIMEOUT)?;
+        let mut stream = TcpStream::from(socket);
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        let name = ask(&mut stream, "hi")?;
+        Ok((stream, name))
+    })
+}
+
+/// Closes with a RST (SO_LINGER 0), so the client port is free to reuse at once.
+fn abort(stream: TcpStream) {
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("set SO_LINGER");
+    drop(stream);
+}
+
+#[test]
+fn closed_connections_are_collected_and_a_reused_port_is_balanced_afresh() {
+    let mut fx = Fixture::new(215);
+    let backends: Vec<_> = (1..=3).map(|i| (i as u32, fx.backend(i))).collect();
+    program(fx.dataplane.service_maps(), 80, proto::TCP, 1, &backends);
+
+    let (mut open, open_name) = connect_from(&fx, 40100).expect("open connection");
+    let (closed, first) = connect_from(&fx, 40123).expect("first connection");
+    abort(closed);
+
+    // The backend of the closed connection leaves the Service but keeps running.
+    let chosen: u32 = first.trim_start_matches('b').parse().expect("backend name");
+    let remaining: Vec<_> = backends.iter().copied().filter(|(id, _)| *id != chosen).collect();
+    {
+        let maps = fx.dataplane.service_maps();
+        program(maps, 80, proto::TCP, 1, &remaining);
+        maps.delete_service(key(80, proto::TCP, 3)).unwrap();
+        maps.delete_backend(chosen).unwrap();
+    }
+    // The client reuses its port: a new connection, balanced over the current backends
+    // rather than sent after the old connection's backend.
+    for i in 0..5 {
+        let (again, name) = connect_from(&fx, 40123).expect("reconnect from the same port");
+        assert_ne!(name, first, "round {i}: a reused port followed the closed connection");
+        abort(again);
+    }
+    // Each reuse replaced the closed flow's entries: one reply entry for port 40123 left.
+    let entries = fx.dataplane.conntrack(10_000).expect("read conntrack");
+    let replies_to_reused_port = entries
+        .iter()
+        .filter(|(k, _)| k.dir == coxswain_ebpf_common::ct_dir::REPLY && k.dport == 40123u16.to_be())
+        .count();
+    assert_eq!(replies_to_reused_port, 1, "stale entries of replaced flows: {entries:?}");
+
+    // Eleven seconds later (as the collector sees it), the closed flow is gone and the open
+    // connection is untouched and still answers from its backend.
+    let later = coxswain_dataplane::monotonic_now_ns() + 11_000_000_000;
+    let stats = fx.dataplane.conntrack_gc(later).expect("collect");
+    assert_eq!(stats.expired_flows, 1, "{stats:?}");
+    assert_eq!(stats.deleted, 2, "{stats:?}");
+    let left = fx.dataplane.conntrack(10_000).expect("read conntrack");
+    assert_eq!(left.len(), 2, "only the open connection's entries remain: {left:?}");
+    assert!(left.iter().all(|(k, _)| k.sport == 40100u16.to_be() || k.dport == 40100u16.to_be()));
+    assert_eq!(ask(&mut open, "still").expect("open connection after GC"), open_name);
+
+    // Seven hours of silence expire even an open connection.
+    let much_later = coxswain_dataplane::monotonic_now_ns() + 7 * 3600 * 1_000_000_000;
+    let stats = fx.dataplane.conntrack_gc(much_later).expect("collect");
+    assert_eq!((stats.expired_flows, stats.deleted), (1, 2), "{stats:?}");
+}

@@ -349,6 +349,33 @@ pub mod ct_flags {
     /// they enter the node: a source equal to a node address would be
     /// dropped as martian on input.
     pub const EXTERNAL: u16 = 1 << 1;
+    /// A FIN or RST was seen on this entry's direction: the connection is
+    /// closing. The flow's entries expire after
+    /// [`ct_lifetime::TCP_CLOSING_S`](super::ct_lifetime::TCP_CLOSING_S), and a
+    /// new SYN on the same tuple (port reuse) is balanced afresh instead of
+    /// following the old connection's backend.
+    pub const CLOSING: u16 = 1 << 2;
+}
+
+/// How long a flow's conntrack entries live after its last packet, as the
+/// node agent's garbage collector applies them (the kernel side only records
+/// `last_seen_ns` and [`ct_flags::CLOSING`]). Cilium's defaults.
+pub mod ct_lifetime {
+    /// An open TCP connection.
+    pub const TCP_S: u64 = 6 * 3600;
+    /// A TCP connection after a FIN or RST.
+    pub const TCP_CLOSING_S: u64 = 10;
+    /// UDP and SCTP flows.
+    pub const OTHER_S: u64 = 60;
+
+    /// The lifetime of a flow of `proto` (an IP protocol number), closing or not.
+    pub const fn seconds(proto: u8, closing: bool) -> u64 {
+        match (proto, closing) {
+            (super::proto::TCP, false) => TCP_S,
+            (super::proto::TCP, true) => TCP_CLOSING_S,
+            _ => OTHER_S,
+        }
+    }
 }
 
 /// This node's settings for the kernel programs (one entry, index 0).

@@ -120,17 +120,24 @@ fn try_egress(ctx: &TcContext) -> Result<i32, ()> {
         pad: [0; 2],
     };
     // Client → remote backend: take the node's address as the source.
-    if let Some(ct) = CONNTRACK_V4.get_ptr(&key) {
-        let snat_addr = unsafe { (*ct).snat_addr };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(ct) = CONNTRACK_V4.get_ptr_mut(&key) {
+        let snat_addr = unsafe {
+            (*ct).last_seen_ns = now;
+            (*ct).snat_addr
+        };
         rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, snat_addr)?;
         return Ok(TC_ACT_OK);
     }
     // Backend → client: take the Service address as the source.
     key.dir = ct_dir::EGRESS;
-    let Some(ct) = CONNTRACK_V4.get_ptr(&key) else {
+    let Some(ct) = CONNTRACK_V4.get_ptr_mut(&key) else {
         return Ok(TC_ACT_OK);
     };
-    let service_id = unsafe { (*ct).service_id };
+    let service_id = unsafe {
+        (*ct).last_seen_ns = now;
+        (*ct).service_id
+    };
     if let Some(rev) = REV_NAT_V4.get_ptr(&service_id) {
         let rev = unsafe { *rev };
         rewrite(
@@ -155,6 +162,30 @@ struct Flow {
     dport: u16,
     proto: u8,
     l4_off: usize,
+    /// TCP flags (0 for other protocols).
+    tcp_flags: u8,
+}
+
+/// TCP header flag bits.
+mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+impl Flow {
+    /// A FIN or RST: the connection is closing.
+    #[inline(always)]
+    fn closes(&self) -> bool {
+        self.tcp_flags & (tcp::FIN | tcp::RST) != 0
+    }
+
+    /// A SYN without ACK: a client opening a new connection.
+    #[inline(always)]
+    fn opens(&self) -> bool {
+        self.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN
+    }
 }
 
 #[inline(always)]
@@ -178,6 +209,11 @@ fn parse(ctx: &TcContext) -> Result<Option<Flow>, ()> {
         return Ok(None);
     }
     let l4_off = ETH_HLEN + ihl;
+    let tcp_flags = if proto == proto::TCP {
+        ctx.load::<u8>(l4_off + 13).map_err(|_| ())?
+    } else {
+        0
+    };
     Ok(Some(Flow {
         saddr: ctx.load(IP_SRC_OFF).map_err(|_| ())?,
         daddr: ctx.load(IP_DST_OFF).map_err(|_| ())?,
@@ -185,6 +221,7 @@ fn parse(ctx: &TcContext) -> Result<Option<Flow>, ()> {
         dport: ctx.load(l4_off + 2).map_err(|_| ())?,
         proto,
         l4_off,
+        tcp_flags,
     }))
 }
 
@@ -211,6 +248,9 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
         // the timestamp slightly stale.
         let ct = unsafe {
             (*ct).last_seen_ns = now;
+            if flow.closes() {
+                (*ct).flags |= ct_flags::CLOSING;
+            }
             *ct
         };
         let len = u64::from(ctx.len());
@@ -269,11 +309,36 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
         ..reply_key
     };
     // An established flow keeps its backend, even after endpoint changes.
-    let ct = match CONNTRACK_V4.get_ptr_mut(&fwd_key) {
+    // A new SYN on the tuple of a closed connection (the client reused its
+    // port) is a new connection: it is balanced afresh rather than sent to
+    // the old connection's backend, which may have left the Service.
+    let existing = match CONNTRACK_V4.get_ptr_mut(&fwd_key) {
         Some(ct) => unsafe {
-            (*ct).last_seen_ns = now;
-            *ct
+            if (*ct).flags & ct_flags::CLOSING != 0 && flow.opens() {
+                // The old connection's other entries go with it; the forward
+                // entry is overwritten below.
+                let old = *ct;
+                let keys = FlowKeys::of(&fwd_key, &old);
+                let _ = CONNTRACK_V4.remove(&keys.reply);
+                if old.flags & ct_flags::EXTERNAL != 0 {
+                    let _ = CONNTRACK_V4.remove(&keys.egress);
+                    if old.flags & ct_flags::SNAT != 0 {
+                        let _ = CONNTRACK_V4.remove(&keys.snat_out);
+                    }
+                }
+                None
+            } else {
+                (*ct).last_seen_ns = now;
+                if flow.closes() {
+                    (*ct).flags |= ct_flags::CLOSING;
+                }
+                Some(*ct)
+            }
         },
+        None => None,
+    };
+    let ct = match existing {
+        Some(ct) => ct,
         None => {
             if master.count == 0 {
                 // No usable endpoint: refuse at once rather than black-hole,
@@ -317,40 +382,16 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
                 client_addr: flow.saddr,
                 snat_addr,
             };
-            // The reply tuple: backend → client (or → the SNAT address).
-            let back_key = CtKeyV4 {
-                saddr: b.addr,
-                daddr: if flags & ct_flags::SNAT != 0 {
-                    snat_addr
-                } else {
-                    flow.saddr
-                },
-                sport: b.port,
-                dport: flow.sport,
-                proto: flow.proto,
-                dir: ct_dir::REPLY,
-                pad: [0; 2],
-            };
+            let keys = FlowKeys::of(&fwd_key, &value);
             // When the table is full, LRU eviction makes room; a failed
             // insert only means this flow is balanced again on its next
             // packet.
             let _ = CONNTRACK_V4.insert(&fwd_key, &value, 0);
-            let _ = CONNTRACK_V4.insert(&back_key, &value, 0);
+            let _ = CONNTRACK_V4.insert(&keys.reply, &value, 0);
             if external {
-                let egress_key = CtKeyV4 {
-                    daddr: flow.saddr,
-                    dir: ct_dir::EGRESS,
-                    ..back_key
-                };
-                let _ = CONNTRACK_V4.insert(&egress_key, &value, 0);
+                let _ = CONNTRACK_V4.insert(&keys.egress, &value, 0);
                 if flags & ct_flags::SNAT != 0 {
-                    let out_key = CtKeyV4 {
-                        daddr: b.addr,
-                        dport: b.port,
-                        dir: ct_dir::SNAT_OUT,
-                        ..reply_key
-                    };
-                    let _ = CONNTRACK_V4.insert(&out_key, &value, 0);
+                    let _ = CONNTRACK_V4.insert(&keys.snat_out, &value, 0);
                 }
             }
             value
@@ -375,6 +416,49 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
         ct.backend_port,
     )?;
     Ok(TC_ACT_OK)
+}
+
+/// The other entries of the flow whose forward entry is `fwd` with `value`.
+struct FlowKeys {
+    /// Backend → client (or → the SNAT address): replies entering the node.
+    reply: CtKeyV4,
+    /// Backend → client as it leaves through the uplink (external flows).
+    egress: CtKeyV4,
+    /// Client → backend as it leaves through the uplink (source-NATed flows).
+    snat_out: CtKeyV4,
+}
+
+impl FlowKeys {
+    #[inline(always)]
+    fn of(fwd: &CtKeyV4, value: &CtValue) -> FlowKeys {
+        let reply = CtKeyV4 {
+            saddr: value.backend_addr,
+            daddr: if value.flags & ct_flags::SNAT != 0 {
+                value.snat_addr
+            } else {
+                fwd.saddr
+            },
+            sport: value.backend_port,
+            dport: fwd.sport,
+            proto: fwd.proto,
+            dir: ct_dir::REPLY,
+            pad: [0; 2],
+        };
+        FlowKeys {
+            reply,
+            egress: CtKeyV4 {
+                daddr: fwd.saddr,
+                dir: ct_dir::EGRESS,
+                ..reply
+            },
+            snat_out: CtKeyV4 {
+                daddr: value.backend_addr,
+                dport: value.backend_port,
+                dir: ct_dir::SNAT_OUT,
+                ..*fwd
+            },
+        }
+    }
 }
 
 /// Chooses a backend for a new flow from `client`: the client's affine

@@ -186,7 +186,11 @@ async fn conntrack(State(state): State<ApiState>, Query(q): Query<ConntrackQuery
             service_id: v.service_id,
             flags: names(
                 v.flags,
-                &[(ct_flags::SNAT, "snat"), (ct_flags::EXTERNAL, "external")],
+                &[
+                    (ct_flags::SNAT, "snat"),
+                    (ct_flags::EXTERNAL, "external"),
+                    (ct_flags::CLOSING, "closing"),
+                ],
             ),
             idle_s: now.saturating_sub(v.last_seen_ns) as f64 / 1e9,
         })

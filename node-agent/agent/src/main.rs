@@ -6,6 +6,7 @@
 //! here. It never touches an interface it was not named.
 
 mod api;
+mod conntrack_gc;
 mod metrics;
 mod proxy_loop;
 
@@ -66,6 +67,11 @@ struct Args {
     /// balancing (the root cgroup covers every host process).
     #[arg(long, value_name = "DIR")]
     socket_lb_cgroup: Option<PathBuf>,
+
+    /// Longest pause between conntrack collection passes (the collector
+    /// shortens it while many flows close).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    conntrack_gc_interval: u64,
 
     /// Kubeconfig of the API server to watch for Services, EndpointSlices
     /// and this Node. Without it (and without $KUBECONFIG), the service
@@ -162,6 +168,11 @@ async fn main() -> Result<()> {
         .with_context(|| format!("failed to listen on --metrics-addr {}", args.metrics_addr))?;
     info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /dataplane/counters");
     let (metrics_routes, proxy_metrics) = metrics::router(dataplane.clone());
+    conntrack_gc::spawn(
+        args.pin_dir.clone(),
+        std::time::Duration::from_secs(args.conntrack_gc_interval.max(1)),
+        proxy_metrics.clone(),
+    );
     let (names_tx, names_rx) = tokio::sync::mpsc::channel(8);
     let proxy = match args.kubeconfig.clone() {
         Some(kubeconfig) => {

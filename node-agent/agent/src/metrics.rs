@@ -19,6 +19,7 @@ use prometheus_client::{
     metrics::{
         MetricType,
         counter::{ConstCounter, Counter},
+        gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
@@ -31,6 +32,9 @@ type Shared = Arc<Mutex<Dataplane>>;
 pub struct ProxyMetrics {
     sync_seconds: Histogram,
     map_ops: Counter,
+    gc_seconds: Histogram,
+    gc_deleted: Counter,
+    ct_entries: Gauge,
 }
 
 impl ProxyMetrics {
@@ -38,6 +42,14 @@ impl ProxyMetrics {
     pub fn observe(&self, elapsed: Duration, ops: usize) {
         self.sync_seconds.observe(elapsed.as_secs_f64());
         self.map_ops.inc_by(ops as u64);
+    }
+
+    /// Records one conntrack collection pass.
+    pub fn observe_gc(&self, elapsed: Duration, stats: &coxswain_dataplane::GcStats) {
+        self.gc_seconds.observe(elapsed.as_secs_f64());
+        self.gc_deleted.inc_by(stats.deleted as u64);
+        self.ct_entries
+            .set(i64::try_from(stats.entries - stats.deleted).unwrap_or(i64::MAX));
     }
 }
 
@@ -50,6 +62,10 @@ pub fn router(dataplane: Shared) -> (Router, ProxyMetrics) {
         // 10 µs .. ~5 s.
         sync_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 10)),
         map_ops: Counter::default(),
+        // 100 µs .. ~100 s.
+        gc_seconds: Histogram::new(exponential_buckets(1e-4, 4.0, 11)),
+        gc_deleted: Counter::default(),
+        ct_entries: Gauge::default(),
     };
     registry.register(
         "coxswain_proxy_sync_duration_seconds",
@@ -60,6 +76,21 @@ pub fn router(dataplane: Shared) -> (Router, ProxyMetrics) {
         "coxswain_proxy_map_ops",
         "Service map entries written or deleted",
         proxy.map_ops.clone(),
+    );
+    registry.register(
+        "coxswain_conntrack_gc_duration_seconds",
+        "Time of one conntrack collection pass",
+        proxy.gc_seconds.clone(),
+    );
+    registry.register(
+        "coxswain_conntrack_gc_deleted_entries",
+        "Conntrack entries of closed or idle flows deleted by the collector",
+        proxy.gc_deleted.clone(),
+    );
+    registry.register(
+        "coxswain_conntrack_entries",
+        "Conntrack entries left after the last collection pass",
+        proxy.ct_entries.clone(),
     );
     let registry = Arc::new(registry);
     let router = Router::new()

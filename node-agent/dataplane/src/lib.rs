@@ -8,6 +8,7 @@
 )]
 
 mod bpffs;
+mod conntrack;
 mod counters;
 mod error;
 mod kernel_maps;
@@ -16,6 +17,7 @@ mod object;
 mod service_maps;
 
 pub use aya::programs::XdpMode;
+pub use conntrack::{ConntrackGc, GcStats, monotonic_now_ns};
 pub use counters::{IfaceCounters, sum_per_cpu};
 pub use coxswain_ebpf_common::{Counters, Hook, IfaceCounterKey};
 pub use error::{Error, Result};

@@ -47,7 +47,7 @@ pub enum TcDirection {
 /// Dropping a `Dataplane` detaches every program it attached (tcx and XDP
 /// links are owned by the process).
 pub struct Dataplane {
-    ebpf: Ebpf,
+    pub(crate) ebpf: Ebpf,
     pin_dir: PathBuf,
     service_maps: KernelServiceMaps,
     /// Kept alive for as long as the programs run: dropping the logger closes
