@@ -144,9 +144,15 @@ impl Recorder {
         };
         let now = Timestamp::now();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        let mut seen = self.seen.lock().await;
-        seen.retain(|_, s| now.duration_since(s.at).unsigned_abs() < AGGREGATE_FOR);
-        if let Some(prev) = seen.get(&key).cloned() {
+        // The cache lock is held only around map accesses, never across an API call, so
+        // many reconcilers record concurrently. Two racing repeats may both patch the same
+        // count: an undercount of a repeat, never a lost Event.
+        let prev = {
+            let mut seen = self.seen.lock().await;
+            seen.retain(|_, s| now.duration_since(s.at).unsigned_abs() < AGGREGATE_FOR);
+            seen.get(&key).cloned()
+        };
+        if let Some(prev) = prev {
             let count = prev.count + 1;
             let patch = serde_json::json!({
                 "count": count,
@@ -157,7 +163,7 @@ impl Recorder {
                 .await
             {
                 Ok(_) => {
-                    seen.insert(
+                    self.seen.lock().await.insert(
                         key,
                         Seen {
                             event_name: prev.event_name,
@@ -169,7 +175,7 @@ impl Recorder {
                 }
                 // The Event was deleted (TTL, namespace cleanup): write a new one.
                 Err(kube::Error::Api(s)) if s.code == 404 => {
-                    seen.remove(&key);
+                    self.seen.lock().await.remove(&key);
                 }
                 Err(e) => return Err(e),
             }
@@ -199,6 +205,7 @@ impl Recorder {
             ..Event::default()
         };
         let created = api.create(&PostParams::default(), &event).await?;
+        let mut seen = self.seen.lock().await;
         if seen.len() >= MAX_REMEMBERED {
             seen.clear();
         }
