@@ -6,6 +6,7 @@
 
 pub mod baseline;
 pub mod fixture;
+pub mod kubelet_env;
 pub mod netns;
 pub mod servers;
 

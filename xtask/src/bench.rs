@@ -22,6 +22,13 @@ pub enum Target {
     /// iptables and nftables modes and no translation, side by side for 1
     /// to 10,000 Services (root; writes target/bench/services.{json,png}).
     Services,
+    /// The scheduler: 10,000 pods into 100, 1,000 and 5,000 simulated
+    /// nodes in an in-process API server (pods/s, creation-to-bound p50/p99).
+    Scheduler,
+    /// Pods on a real node (containerd, runc, CNI): creation to
+    /// Running-and-Ready through a watch, sequential and 30 at once, and
+    /// deletion time (root; writes target/bench/pods.json).
+    Pods,
 }
 
 /// Options of `bench`.
@@ -41,6 +48,8 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::Store => ("coxswain-store", "store"),
         Target::ProxySync => ("coxswain-proxy", "sync"),
         Target::Services => return services(opts.quick),
+        Target::Scheduler => return scheduler(opts.quick),
+        Target::Pods => return pods(opts.quick),
     };
     step(
         "bench",
@@ -87,6 +96,69 @@ fn services(quick: bool) -> Result<()> {
             "--",
         ])
         .env("COXSWAIN_EBPF_OBJECT", &object);
+    if quick {
+        cmd.arg("--quick");
+    }
+    exec(&mut cmd)
+}
+
+/// `bench scheduler`: runs `bench-scheduler` (tests/bench) in release mode.
+fn scheduler(quick: bool) -> Result<()> {
+    step(
+        "bench",
+        format!(
+            "coxswain-bench --bin bench-scheduler{}",
+            if quick { " (quick)" } else { "" }
+        ),
+    );
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(repo_root()).args([
+        "run",
+        "--release",
+        "--locked",
+        "-p",
+        "coxswain-bench",
+        "--bin",
+        "bench-scheduler",
+        "--",
+    ]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    exec(&mut cmd)
+}
+
+/// `bench pods`: builds the control plane, the node agent and `bench-pods`
+/// in release mode, then runs it as root.
+fn pods(quick: bool) -> Result<()> {
+    if !is_root() {
+        bail!("`cargo xtask bench pods` runs containerd and creates network namespaces: run it as root");
+    }
+    step("bench", "build coxswain-control-plane and coxswain-node-agent (release)");
+    exec(Command::new(env!("CARGO")).current_dir(repo_root()).args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "coxswain-control-plane",
+        "-p",
+        "coxswain-node-agent",
+    ]))?;
+    step(
+        "bench",
+        format!("coxswain-bench --bin bench-pods{}", if quick { " (quick)" } else { "" }),
+    );
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(repo_root()).args([
+        "run",
+        "--release",
+        "--locked",
+        "-p",
+        "coxswain-bench",
+        "--bin",
+        "bench-pods",
+        "--",
+    ]);
     if quick {
         cmd.arg("--quick");
     }

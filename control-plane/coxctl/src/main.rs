@@ -3,6 +3,7 @@
 //! from a node agent's `/dataplane/*` endpoints.
 
 mod dataplane;
+mod image;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ enum Command {
     /// What a node's eBPF dataplane holds (Services, backends, flows,
     /// counters).
     Dataplane(dataplane::Args),
+    /// Image archives: build one from busybox, import one into a node.
+    Image(image::Args),
     /// Prints a shell completion script.
     Completion {
         /// The shell.
@@ -32,6 +35,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Dataplane(args) => dataplane::run(&args),
+        Command::Image(args) => image::run(&args),
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "coxctl", &mut std::io::stdout());

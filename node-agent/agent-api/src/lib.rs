@@ -98,3 +98,14 @@ pub struct CounterEntry {
     /// Bytes.
     pub bytes: u64,
 }
+
+/// Path where an image archive (OCI layout or docker-save tar) is `POST`ed
+/// for the node's containerd to import (`coxctl image import FILE`).
+pub const IMAGES_IMPORT_PATH: &str = "/images/import";
+
+/// The answer of an image import.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedImages {
+    /// The image names the archive declared, as containerd now knows them.
+    pub images: Vec<String>,
+}

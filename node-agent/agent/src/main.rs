@@ -6,9 +6,11 @@
 //! here. It never touches an interface it was not named.
 
 mod api;
+mod kubelet_main;
 mod conntrack_gc;
 mod metrics;
 mod proxy_loop;
+mod rules;
 
 use std::{
     net::SocketAddr,
@@ -68,6 +70,12 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     socket_lb_cgroup: Option<PathBuf>,
 
+    /// How Services are load-balanced: `ebpf` (hash-map lookups in the
+    /// kernel programs), or kube-proxy-shaped `iptables` / `nftables` rules
+    /// in our own chains, for comparison on the same cluster.
+    #[arg(long, value_enum, default_value_t = ProxyMode::Ebpf)]
+    proxy_mode: ProxyMode,
+
     /// Longest pause between conntrack collection passes (the collector
     /// shortens it while many flows close).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
@@ -86,6 +94,17 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    #[command(flatten)]
+    kubelet: kubelet_main::KubeletArgs,
+}
+
+/// `--proxy-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ProxyMode {
+    Ebpf,
+    Iptables,
+    Nftables,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -119,14 +138,19 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
 
+    let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    let kubelet = kubelet_main::start(&args.kubelet, args.kubeconfig.as_ref(), &node_name).await?;
     if args.ifaces.is_empty()
         && args.xdp_ifaces.is_empty()
         && args.service_ifaces.is_empty()
         && args.uplink_ifaces.is_empty()
         && args.socket_lb_cgroup.is_none()
     {
+        if let Some(kubelet) = kubelet {
+            return kubelet_main::run_alone(kubelet, args.metrics_addr, shutdown_signal()).await;
+        }
         bail!(
-            "nothing to attach to: name an interface (--iface, --xdp-iface, --service-iface) or a cgroup (--socket-lb-cgroup)"
+            "nothing to run: give --kubelet, or name an interface (--iface, --xdp-iface, --service-iface) or a cgroup (--socket-lb-cgroup) to attach to"
         );
     }
     let object = locate_object(args.bpf_object.as_deref())?;
@@ -167,7 +191,11 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("failed to listen on --metrics-addr {}", args.metrics_addr))?;
     info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /dataplane/counters");
-    let (metrics_routes, proxy_metrics) = metrics::router(dataplane.clone());
+    let (metrics_routes, proxy_metrics) = metrics::router_with(dataplane.clone(), |registry| {
+        if let Some(kubelet) = &kubelet {
+            kubelet.register_metrics(registry);
+        }
+    });
     conntrack_gc::spawn(
         args.pin_dir.clone(),
         std::time::Duration::from_secs(args.conntrack_gc_interval.max(1)),
@@ -180,9 +208,13 @@ async fn main() -> Result<()> {
                 kubeconfig: Some(kubeconfig),
                 node_name: args.node_name.clone().unwrap_or_else(hostname),
             };
-            let dataplane = dataplane.clone();
+            let proxy_target = match args.proxy_mode {
+                ProxyMode::Ebpf => proxy_loop::ProxyTarget::Ebpf(dataplane.clone()),
+                ProxyMode::Iptables => proxy_loop::ProxyTarget::Rules(rules::RuleMode::Iptables),
+                ProxyMode::Nftables => proxy_loop::ProxyTarget::Rules(rules::RuleMode::Nftables),
+            };
             Some(tokio::spawn(async move {
-                proxy_loop::run(config, dataplane, proxy_metrics, names_rx).await
+                proxy_loop::run(config, proxy_target, proxy_metrics, names_rx).await
             }))
         }
         None => {
@@ -193,7 +225,13 @@ async fn main() -> Result<()> {
     let app = metrics_routes.merge(api::router(api::ApiState {
         dataplane: dataplane.clone(),
         names: proxy.is_some().then_some(names_tx),
-    }));
+    }))
+    .merge(kubelet_main::routes(kubelet.as_ref().map(|k| {
+        Arc::new(kubelet_main::ImportHandle {
+            importer: k.image_importer(),
+        })
+    })));
+    let kubelet = kubelet.map(kubelet_main::spawn);
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
     match proxy {
         Some(proxy) => tokio::select! {
@@ -201,6 +239,16 @@ async fn main() -> Result<()> {
             ended = proxy => ended.context("service proxy panicked")?.context("service proxy failed")?,
         },
         None => server.await.context("metrics server failed")?,
+    }
+    if let Some(kubelet) = kubelet {
+        kubelet.stop().await?;
+    }
+    if args.proxy_mode != ProxyMode::Ebpf {
+        // As `kube-proxy --cleanup`: leave no rule of ours behind.
+        match rules::cleanup() {
+            Ok(()) => info!("netfilter rules removed"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not remove the netfilter rules"),
+        }
     }
     info!("shutting down; programs detach as the agent exits");
     drop(dataplane);

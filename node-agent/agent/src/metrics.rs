@@ -55,8 +55,10 @@ impl ProxyMetrics {
 
 /// Builds the router for `/metrics` and `/healthz`,
 /// and the proxy metrics it exports.
-pub fn router(dataplane: Shared) -> (Router, ProxyMetrics) {
+/// `extend` registers more metrics (the kubelet's).
+pub fn router_with(dataplane: Shared, extend: impl FnOnce(&mut Registry)) -> (Router, ProxyMetrics) {
     let mut registry = Registry::default();
+    extend(&mut registry);
     registry.register_collector(Box::new(IfaceCounterCollector(dataplane.clone())));
     let proxy = ProxyMetrics {
         // 10 µs .. ~5 s.

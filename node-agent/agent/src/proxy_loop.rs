@@ -7,11 +7,11 @@ use std::{
     net::Ipv4Addr,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
-use coxswain_dataplane::{Dataplane, ServiceMaps};
+use coxswain_dataplane::{Dataplane, MemoryServiceMaps, ServiceMaps};
 use coxswain_proxy::{NodeInfo, ProxyState, SyncReport};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
@@ -23,7 +23,33 @@ use tracing::{debug, info, warn};
 
 use tokio::sync::mpsc;
 
-use crate::{api::NamesRequest, metrics::ProxyMetrics};
+use crate::{
+    api::NamesRequest,
+    metrics::ProxyMetrics,
+    rules::{RuleMode, RuleSyncer},
+};
+
+/// Where the proxy puts the wanted Services.
+#[derive(Debug)]
+pub enum ProxyTarget {
+    /// The eBPF maps (the default).
+    Ebpf(Arc<Mutex<Dataplane>>),
+    /// kube-proxy-shaped netfilter rules, for comparison.
+    Rules(RuleMode),
+}
+
+/// The least time between two netfilter syncs (kube-proxy's `--iptables-min-sync-period`
+/// default): changes arriving meanwhile are applied together.
+const MIN_RULE_SYNC: Duration = Duration::from_secs(1);
+
+/// The netfilter side of [`ProxyTarget::Rules`]: the engine writes into memory maps, and
+/// the rules follow at most once per [`MIN_RULE_SYNC`].
+struct RuleTarget {
+    maps: MemoryServiceMaps,
+    syncer: RuleSyncer,
+    dirty: bool,
+    last: Option<Instant>,
+}
 
 /// What the proxy loop needs.
 #[derive(Debug)]
@@ -65,7 +91,7 @@ struct Relist {
 /// Connects to the API server and runs the loop until the watches end.
 pub async fn run(
     config: ProxyConfig,
-    dataplane: Arc<Mutex<Dataplane>>,
+    target: ProxyTarget,
     metrics: ProxyMetrics,
     mut names: mpsc::Receiver<NamesRequest>,
 ) -> Result<()> {
@@ -74,19 +100,35 @@ pub async fn run(
         name: config.node_name.clone(),
         addresses: Vec::new(),
     });
-    {
-        let mut dp = lock(&dataplane);
-        let dump = dp
-            .service_maps()
-            .dump()
-            .context("failed to read the pinned service maps")?;
-        info!(
-            services = dump.services.len(),
-            backends = dump.backends.len(),
-            "adopting the service maps left by a previous agent"
-        );
-        proxy.adopt(dump)?;
-    }
+    let (dataplane, mut rules) = match target {
+        ProxyTarget::Ebpf(dataplane) => {
+            let mut dp = lock(&dataplane);
+            let dump = dp
+                .service_maps()
+                .dump()
+                .context("failed to read the pinned service maps")?;
+            info!(
+                services = dump.services.len(),
+                backends = dump.backends.len(),
+                "adopting the service maps left by a previous agent"
+            );
+            proxy.adopt(dump)?;
+            drop(dp);
+            (Some(dataplane), None)
+        }
+        ProxyTarget::Rules(mode) => {
+            info!(?mode, "netfilter proxy mode: rules are rewritten at most once a second");
+            (
+                None,
+                Some(RuleTarget {
+                    maps: MemoryServiceMaps::default(),
+                    syncer: RuleSyncer::new(mode),
+                    dirty: false,
+                    last: None,
+                }),
+            )
+        }
+    };
 
     let services = watcher(
         Api::<Service>::all(client.clone()),
@@ -111,6 +153,10 @@ pub async fn run(
     let mut relist = Relist::default();
     info!(node = %config.node_name, "service proxy watching Services, EndpointSlices and the Node");
     loop {
+        let rule_sync_due = rules.as_ref().and_then(|r| {
+            (r.dirty && proxy.is_synced())
+                .then(|| r.last.map_or_else(Instant::now, |t| t + MIN_RULE_SYNC))
+        });
         let update = tokio::select! {
             update = updates.next() => match update {
                 Some(update) => update,
@@ -126,6 +172,12 @@ pub async fn run(
                 let _ = reply.send(owners);
                 continue;
             }
+            () = sleep_until_due(rule_sync_due), if rule_sync_due.is_some() => {
+                if let Some(r) = rules.as_mut() {
+                    sync_rules(&proxy, r, &metrics);
+                }
+                continue;
+            }
         };
         let update = match update {
             Ok(update) => update,
@@ -135,18 +187,32 @@ pub async fn run(
             }
         };
         let start = Instant::now();
-        let mut dp = lock(&dataplane);
-        if let Update::Node(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) = &update {
-            // External flows to backends on other nodes leave with the
-            // node's first address as their source.
-            let snat = node_info(n).addresses.first().copied();
-            if let Err(e) = dp.set_snat_address(snat) {
-                warn!(error = %e, "failed to set the SNAT address");
+        let result = match (&dataplane, rules.as_mut()) {
+            (Some(dataplane), _) => {
+                let mut dp = lock(dataplane);
+                if let Update::Node(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) =
+                    &update
+                {
+                    // External flows to backends on other nodes leave with the
+                    // node's first address as their source.
+                    let snat = node_info(n).addresses.first().copied();
+                    if let Err(e) = dp.set_snat_address(snat) {
+                        warn!(error = %e, "failed to set the SNAT address");
+                    }
+                }
+                apply(&mut proxy, dp.service_maps(), update, &mut initial, &mut relist)
             }
-        }
-        let maps = dp.service_maps();
-        let result = apply(&mut proxy, maps, update, &mut initial, &mut relist);
-        drop(dp);
+            (None, Some(r)) => {
+                let result = apply(&mut proxy, &mut r.maps, update, &mut initial, &mut relist);
+                // The memory maps log every operation for tests; nothing reads it here.
+                r.maps.ops.clear();
+                if matches!(&result, Ok(Some(report)) if report.ops > 0) {
+                    r.dirty = true;
+                }
+                result
+            }
+            (None, None) => unreachable!("one proxy target is always set"),
+        };
         match result {
             Ok(Some(report)) if report.ops > 0 => {
                 metrics.observe(start.elapsed(), report.ops);
@@ -161,8 +227,16 @@ pub async fn run(
             Err(e) => warn!(error = %e, "sync failed; the next change or resync retries"),
         }
         if !proxy.is_synced() && initial.services && initial.slices && initial.node {
-            let mut dp = lock(&dataplane);
-            let report = proxy.full_resync(dp.service_maps())?;
+            let report = match (&dataplane, rules.as_mut()) {
+                (Some(dataplane), _) => proxy.full_resync(lock(dataplane).service_maps())?,
+                (None, Some(r)) => {
+                    let report = proxy.full_resync(&mut r.maps)?;
+                    r.dirty = true;
+                    sync_rules(&proxy, r, &metrics);
+                    report
+                }
+                (None, None) => unreachable!("one proxy target is always set"),
+            };
             metrics.observe(start.elapsed(), report.ops);
             info!(
                 ops = report.ops,
@@ -296,6 +370,36 @@ async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client> {
             .context("failed to find a kubeconfig (give --kubeconfig)")?,
     };
     Client::try_from(config).context("failed to build the API client")
+}
+
+async fn sleep_until_due(due: Option<Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+/// Rewrites the netfilter rules from the engine's wanted state. A failure is logged and
+/// retried after the next interval (the state stays dirty).
+fn sync_rules(proxy: &ProxyState, rules: &mut RuleTarget, metrics: &ProxyMetrics) {
+    let start = Instant::now();
+    let desired = proxy.desired();
+    // iptables-restore can take seconds on large rule sets: keep the runtime's other tasks
+    // (the agent API, metrics) going meanwhile.
+    let result = tokio::task::block_in_place(|| rules.syncer.sync(&desired));
+    rules.last = Some(Instant::now());
+    match result {
+        Ok(count) => {
+            rules.dirty = false;
+            metrics.observe(start.elapsed(), count);
+            info!(
+                rules = count,
+                frontends = desired.len(),
+                elapsed_ms = start.elapsed().as_millis() as u64,
+                "netfilter rules rewritten"
+            );
+        }
+        Err(e) => warn!(error = %format!("{e:#}"), "netfilter sync failed; retrying"),
+    }
 }
 
 fn lock(dataplane: &Mutex<Dataplane>) -> std::sync::MutexGuard<'_, Dataplane> {

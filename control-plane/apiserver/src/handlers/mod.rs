@@ -5,6 +5,7 @@ pub(crate) mod create;
 pub(crate) mod delete;
 mod get;
 mod list;
+mod node_proxy;
 mod patch;
 mod update;
 mod watch;
@@ -251,6 +252,9 @@ async fn route(state: Arc<ApiState>, request: Request) -> Result<Response> {
     let method = request.method().clone();
     if !info.is_resource_request {
         return non_resource(&state, &info, &method);
+    }
+    if node_proxy::handles(&info) {
+        return node_proxy::proxy(&state, &info, request).await;
     }
     let rt = state
         .registry

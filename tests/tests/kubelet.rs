@@ -1,0 +1,495 @@
+//! The kubelet on real containerd and runc: pods created through the API
+//! server (with the real kubectl) run on a node agent in its own network
+//! namespace, with images built from busybox-static. Each test has its own
+//! control plane, agent, containerd and addresses; the heavy part runs one
+//! test at a time so timings stay meaningful on small machines.
+
+use std::{
+    io::Read,
+    path::Path,
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use coxswain_tests::{
+    kubelet_env::{BUSYBOX, EnvOptions, KubeletEnv, condition, container_status},
+    workspace_bin,
+};
+use serde_json::{Value, json};
+
+/// One cluster at a time: containerd, runc and CNI are heavy on two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn pod(name: &str, node: &str, spec: Value) -> Value {
+    let mut spec = spec;
+    spec["nodeName"] = json!(node);
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+}
+
+fn sh(name: &str, script: &str) -> Value {
+    json!({"name": name, "image": BUSYBOX, "imagePullPolicy": "IfNotPresent", "command": ["sh", "-c", script]})
+}
+
+fn restart_count(pod: &Value, container: &str) -> i64 {
+    container_status(pod, container)["restartCount"].as_i64().unwrap_or(0)
+}
+
+fn in_cidr(ip: &str, cidr: &str) -> bool {
+    let cidr = coxswain_kubelet::Ipv4Cidr::parse(cidr).expect("an IPv4 CIDR");
+    let ip: std::net::Ipv4Addr = ip.parse().expect("an IPv4 address");
+    let mask = u32::MAX << (32 - cidr.prefix);
+    u32::from(ip) & mask == u32::from(cidr.network)
+}
+
+#[test]
+fn node_registers_and_pods_run_with_env_volumes_and_networking() {
+    let _serial = serial();
+    let env = KubeletEnv::start(11, EnvOptions::default());
+    let node_name = env.node_name.clone();
+
+    // The node registers itself, not Ready until it has a pod CIDR.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let node = loop {
+        if let Some(n) = env.get("node", &node_name)
+            && n["status"]["conditions"].as_array().is_some_and(|c| c.len() == 4)
+        {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "node never registered\n{}", env.log("agent.log"));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for key in ["cpu", "memory", "pods", "ephemeral-storage"] {
+        assert!(node["status"]["capacity"][key].is_string(), "capacity.{key}: {node}");
+        assert!(node["status"]["allocatable"][key].is_string(), "allocatable.{key}: {node}");
+    }
+    for ty in ["MemoryPressure", "PIDPressure"] {
+        assert_eq!(condition(&node, ty), Some("False"), "{ty}: {}", node["status"]["conditions"]);
+    }
+    // DiskPressure follows the disk (upstream's threshold: under 10 % free).
+    let fs = nix::sys::statvfs::statvfs(env.dir.path()).unwrap();
+    let pressure = fs.blocks_available() * 10 < fs.blocks();
+    assert_eq!(condition(&node, "DiskPressure"), Some(if pressure { "True" } else { "False" }));
+    // The pod CIDR: assigned by the control plane when it runs node IPAM, by hand otherwise.
+    let pod_cidr = match node["spec"]["podCIDR"].as_str() {
+        Some(assigned) => assigned.to_owned(),
+        None => {
+            let fresh = env.get("node", &node_name).unwrap();
+            if fresh["spec"]["podCIDR"].is_null() {
+                assert_eq!(condition(&fresh, "Ready"), Some("False"), "Ready without a pod CIDR");
+            }
+            let patch = json!({"spec": {"podCIDR": env.pod_cidr, "podCIDRs": [env.pod_cidr]}}).to_string();
+            env.kubectl(&["patch", "node", &node_name, "-p", &patch]);
+            env.get("node", &node_name).unwrap()["spec"]["podCIDR"].as_str().unwrap().to_owned()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.get("node", &node_name).is_none_or(|n| condition(&n, "Ready") != Some("True")) {
+        assert!(Instant::now() < deadline, "node never became Ready\n{}", env.log("agent.log"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lease = env.kubectl(&["get", "lease", "-n", "kube-node-lease", &node_name, "-o", "json"]);
+    let lease: Value = serde_json::from_str(&lease).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], node_name);
+    assert!(lease["spec"]["renewTime"].is_string());
+    let conflist = std::fs::read_to_string(env.kubelet_root().join("cni/net.d/10-coxswain.conflist")).unwrap();
+    assert!(conflist.contains(&pod_cidr), "{conflist}");
+
+    env.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-config"},
+        "data": {"greeting": "hello", "file.txt": "from-configmap"}}));
+    env.apply(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "app-secret"},
+        "stringData": {"password": "s3cret"}}));
+    let host_dir = env.dir.path().join("host-volume");
+    let server = {
+        let mut c = sh(
+            "server",
+            "echo \"$GREETING $PASSWORD $POD_NAME $POD_NAMESPACE $POD_IP $NODE_NAME $LITERAL\" > index.html; \
+             cat /cfg/file.txt >> index.html; echo >> index.html; cat /secret/password >> index.html; echo >> index.html; \
+             cat /work/order >> index.html; pwd > /host/marker; exec httpd -f -p 8080 -h /www",
+        );
+        c["workingDir"] = json!("/www");
+        c["env"] = json!([
+            {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "greeting"}}},
+            {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "password"}}},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "LITERAL", "value": "lit-$(GREETING)"},
+        ]);
+        c["ports"] = json!([{"name": "http", "containerPort": 8080}]);
+        c["readinessProbe"] = json!({"httpGet": {"path": "/index.html", "port": "http"}, "periodSeconds": 1});
+        c["volumeMounts"] = json!([
+            {"name": "www", "mountPath": "/www"},
+            {"name": "cfg", "mountPath": "/cfg"},
+            {"name": "secret", "mountPath": "/secret"},
+            {"name": "work", "mountPath": "/work"},
+            {"name": "host", "mountPath": "/host"},
+        ]);
+        c
+    };
+    let mut sidecar = sh("sidecar", "exec sleep 3600");
+    sidecar["resources"] = json!({"limits": {"cpu": "250m", "memory": "64Mi"}});
+    let mut init_a = sh("init-a", "printf a > /work/order");
+    init_a["volumeMounts"] = json!([{"name": "work", "mountPath": "/work"}]);
+    let mut init_b = sh("init-b", "test \"$(cat /work/order)\" = a && printf b >> /work/order");
+    init_b["volumeMounts"] = json!([{"name": "work", "mountPath": "/work"}]);
+    env.apply(&pod("web", &node_name, json!({
+        "terminationGracePeriodSeconds": 2,
+        "initContainers": [init_a, init_b],
+        "containers": [server, sidecar],
+        "volumes": [
+            {"name": "www", "emptyDir": {}},
+            {"name": "work", "emptyDir": {}},
+            {"name": "cfg", "configMap": {"name": "app-config"}},
+            {"name": "secret", "secret": {"secretName": "app-secret"}},
+            {"name": "host", "hostPath": {"path": host_dir.display().to_string(), "type": "DirectoryOrCreate"}},
+        ],
+    })));
+    let web = env.wait_ready("web");
+    let status = &web["status"];
+    let ip = status["podIP"].as_str().unwrap();
+    assert!(in_cidr(ip, &pod_cidr), "pod IP {ip} outside {pod_cidr}");
+    assert_eq!(status["podIPs"][0]["ip"], ip);
+    assert_eq!(status["hostIP"], env.veth.b_addr);
+    assert!(status["startTime"].is_string());
+    for ty in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert_eq!(condition(&web, ty), Some("True"), "{ty}");
+    }
+    for init in status["initContainerStatuses"].as_array().unwrap() {
+        assert_eq!(init["state"]["terminated"]["exitCode"], 0, "{init}");
+        assert_eq!(init["state"]["terminated"]["reason"], "Completed", "{init}");
+    }
+    for name in ["server", "sidecar"] {
+        let c = container_status(&web, name);
+        assert!(c["state"]["running"]["startedAt"].is_string(), "{c}");
+        assert_eq!(c["ready"], true);
+        assert_eq!(c["restartCount"], 0);
+        assert!(c["containerID"].as_str().unwrap().starts_with("containerd://"));
+    }
+
+    // The pod answers on its IP from the node, with what env and volumes gave it.
+    let body = env.http_get_in_node(ip, 8080, "/index.html").expect("the pod answers from the node");
+    let want = format!("hello s3cret web default {ip} {node_name} lit-hello\nfrom-configmap\ns3cret\nab");
+    assert_eq!(body.trim(), want);
+    assert_eq!(std::fs::read_to_string(host_dir.join("marker")).unwrap().trim(), "/www");
+
+    // Deletion leaves nothing behind in containerd or on disk.
+    let uid = web["metadata"]["uid"].as_str().unwrap().to_owned();
+    env.kubectl(&["delete", "pod", "web", "--timeout=30s"]);
+    env.wait_gone("web", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.runtime_containers().is_empty() {
+        assert!(Instant::now() < deadline, "containers left: {:?}", env.runtime_containers());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!env.kubelet_root().join("pods").join(&uid).exists(), "pod directory left behind");
+    assert!(env.http_get_in_node(ip, 8080, "/index.html").is_err(), "the deleted pod still answers");
+}
+
+#[test]
+fn restart_policies_and_crash_loop_backoff() {
+    let _serial = serial();
+    let env = KubeletEnv::start(12, EnvOptions { pod_cidr_flag: true });
+    let node = env.node_name.clone();
+    env.apply(&pod("crasher", &node, json!({"containers": [sh("c", "echo crashing; exit 3")]})));
+    env.apply(&pod("once-fail", &node, json!({"restartPolicy": "Never", "containers": [sh("c", "exit 1")]})));
+    env.apply(&pod("once-ok", &node, json!({"restartPolicy": "OnFailure", "containers": [sh("c", "exit 0")]})));
+    env.apply(&pod("init-fails", &node, json!({"restartPolicy": "Never",
+        "initContainers": [sh("init", "exit 4")], "containers": [sh("c", "sleep 3600")]})));
+
+    // Always: the first restart is immediate, then back-off (10 s, doubling).
+    let crash = env.wait_pod("crasher", "in CrashLoopBackOff", Duration::from_secs(60), |p| {
+        let c = container_status(p, "c");
+        c["state"]["waiting"]["reason"] == "CrashLoopBackOff" && restart_count(p, "c") >= 1
+    });
+    let c = container_status(&crash, "c");
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 3, "{c}");
+    assert_eq!(c["lastState"]["terminated"]["reason"], "Error");
+    assert!(c["state"]["waiting"]["message"].as_str().unwrap().contains("back-off"), "{c}");
+    assert_eq!(crash["status"]["phase"], "Running");
+    assert_eq!(condition(&crash, "Ready"), Some("False"));
+    let seen_at = Instant::now();
+    let count = restart_count(&crash, "c");
+    let next = env.wait_pod("crasher", "restarted after its back-off", Duration::from_secs(60), |p| restart_count(p, "c") > count);
+    let waited = seen_at.elapsed();
+    assert!(waited >= Duration::from_secs(4), "restarted after {waited:?}: no back-off");
+    assert!(restart_count(&next, "c") == count + 1);
+
+    let failed = env.wait_pod("once-fail", "Failed", Duration::from_secs(60), |p| p["status"]["phase"] == "Failed");
+    let c = container_status(&failed, "c");
+    assert_eq!(c["state"]["terminated"]["exitCode"], 1);
+    assert_eq!(c["restartCount"], 0);
+    let ok = env.wait_pod("once-ok", "Succeeded", Duration::from_secs(60), |p| p["status"]["phase"] == "Succeeded");
+    assert_eq!(container_status(&ok, "c")["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(condition(&ok, "Ready"), Some("False"));
+    let init = env.wait_pod("init-fails", "Failed", Duration::from_secs(60), |p| p["status"]["phase"] == "Failed");
+    assert_eq!(init["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 4);
+    assert_eq!(container_status(&init, "c")["state"]["waiting"]["reason"], "PodInitializing");
+    assert_eq!(condition(&init, "Initialized"), Some("False"));
+}
+
+#[test]
+fn probes_of_each_kind_pass_and_fail() {
+    let _serial = serial();
+    let env = KubeletEnv::start(13, EnvOptions { pod_cidr_flag: true });
+    let node = env.node_name.clone();
+    let ctl = env.dir.path().join("probe-control");
+    std::fs::create_dir_all(ctl.join("www")).unwrap();
+    std::fs::write(ctl.join("alive"), "yes").unwrap();
+    let fast = |p: Value| {
+        let mut p = p;
+        p["periodSeconds"] = json!(1);
+        p["failureThreshold"] = json!(2);
+        p
+    };
+    let mut http = sh("http", "exec httpd -f -p 8080 -h /ctl/www");
+    http["readinessProbe"] = fast(json!({"httpGet": {"path": "/ready.html", "port": 8080}}));
+    http["volumeMounts"] = json!([{"name": "ctl", "mountPath": "/ctl"}]);
+    let mut tcp = sh("tcp", "mkdir -p /tmp/w; exec httpd -f -p 9090 -h /tmp/w");
+    tcp["ports"] = json!([{"name": "alt", "containerPort": 9090}]);
+    tcp["readinessProbe"] = fast(json!({"tcpSocket": {"port": "alt"}, "initialDelaySeconds": 1}));
+    let mut exec = sh("exec", "exec sleep 3600");
+    exec["startupProbe"] = fast(json!({"exec": {"command": ["cat", "/ctl/started"]}}));
+    exec["startupProbe"]["failureThreshold"] = json!(120);
+    exec["livenessProbe"] = fast(json!({"exec": {"command": ["cat", "/ctl/alive"]}}));
+    exec["volumeMounts"] = json!([{"name": "ctl", "mountPath": "/ctl"}]);
+    env.apply(&pod("probed", &node, json!({
+        "terminationGracePeriodSeconds": 1,
+        "containers": [http, tcp, exec],
+        "volumes": [{"name": "ctl", "hostPath": {"path": ctl.display().to_string()}}],
+    })));
+    let mut dead_tcp = sh("c", "exec sleep 3600");
+    dead_tcp["readinessProbe"] = fast(json!({"tcpSocket": {"port": 9999}}));
+    dead_tcp["livenessProbe"] = fast(json!({"httpGet": {"path": "/", "port": 9998}, "failureThreshold": 1}));
+    env.apply(&pod("unready", &node, json!({"terminationGracePeriodSeconds": 1, "containers": [dead_tcp]})));
+
+    // Startup probe failing and httpGet readiness failing (404): running, not ready.
+    let p = env.wait_pod("probed", "running with the tcp container ready", Duration::from_secs(60), |p| {
+        p["status"]["phase"] == "Running" && container_status(p, "tcp")["ready"] == true
+    });
+    assert_eq!(container_status(&p, "http")["ready"], false);
+    assert_eq!(container_status(&p, "exec")["started"], false);
+    assert_eq!(container_status(&p, "exec")["ready"], false);
+    assert_eq!(condition(&p, "Ready"), Some("False"));
+
+    // Startup (exec) and readiness (httpGet) now pass: the pod becomes Ready.
+    std::fs::write(ctl.join("started"), "yes").unwrap();
+    std::fs::write(ctl.join("www/ready.html"), "ok").unwrap();
+    let p = env.wait_ready("probed");
+    assert_eq!(container_status(&p, "exec")["started"], true);
+    assert_eq!(restart_count(&p, "exec"), 0);
+
+    // Readiness failing again takes the pod out of Ready without a restart.
+    std::fs::remove_file(ctl.join("www/ready.html")).unwrap();
+    let p = env.wait_pod("probed", "not Ready", Duration::from_secs(30), |p| condition(p, "Ready") == Some("False"));
+    assert_eq!(restart_count(&p, "http"), 0);
+    std::fs::write(ctl.join("www/ready.html"), "ok").unwrap();
+
+    // Liveness (exec) failing restarts the container.
+    std::fs::remove_file(ctl.join("alive")).unwrap();
+    env.wait_pod("probed", "restarted by its liveness probe", Duration::from_secs(60), |p| restart_count(p, "exec") >= 1);
+    std::fs::write(ctl.join("alive"), "yes").unwrap();
+    env.wait_ready("probed");
+
+    // tcpSocket readiness failing keeps a pod unready; httpGet liveness failing restarts it.
+    let u = env.wait_pod("unready", "restarted by a failing httpGet liveness probe", Duration::from_secs(60), |p| restart_count(p, "c") >= 1);
+    assert_eq!(condition(&u, "Ready"), Some("False"));
+    assert_eq!(container_status(&u, "c")["ready"], false);
+}
+
+#[test]
+fn graceful_termination_runs_pre_stop_then_term_then_kill() {
+    let _serial = serial();
+    let env = KubeletEnv::start(14, EnvOptions { pod_cidr_flag: true });
+    let node = env.node_name.clone();
+    let out = env.dir.path().join("term-out");
+    let mut polite = sh("c", "trap 'echo term > /out/term; exit 0' TERM; while true; do sleep 0.2; done");
+    polite["lifecycle"] = json!({"preStop": {"exec": {"command": ["sh", "-c", "echo prestop > /out/prestop"]}}});
+    polite["volumeMounts"] = json!([{"name": "out", "mountPath": "/out"}]);
+    env.apply(&pod("polite", &node, json!({
+        "terminationGracePeriodSeconds": 30,
+        "containers": [polite],
+        "volumes": [{"name": "out", "hostPath": {"path": out.display().to_string(), "type": "DirectoryOrCreate"}}],
+    })));
+    env.apply(&pod("stubborn", &node, json!({
+        "terminationGracePeriodSeconds": 3,
+        "containers": [sh("c", "trap '' TERM; while true; do sleep 0.2; done")],
+    })));
+    env.wait_ready("polite");
+    env.wait_ready("stubborn");
+
+    let started = Instant::now();
+    env.kubectl(&["delete", "pod", "polite", "--timeout=60s"]);
+    let polite_took = started.elapsed();
+    assert!(polite_took < Duration::from_secs(10), "a container that exits on SIGTERM took {polite_took:?}");
+    assert_eq!(std::fs::read_to_string(out.join("prestop")).unwrap().trim(), "prestop");
+    assert_eq!(std::fs::read_to_string(out.join("term")).unwrap().trim(), "term");
+
+    let started = Instant::now();
+    env.kubectl(&["delete", "pod", "stubborn", "--timeout=60s"]);
+    let stubborn_took = started.elapsed();
+    assert!(
+        stubborn_took >= Duration::from_secs(3) && stubborn_took < Duration::from_secs(12),
+        "a container ignoring SIGTERM with a 3 s grace period took {stubborn_took:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.runtime_containers().is_empty() {
+        assert!(Instant::now() < deadline, "containers left: {:?}", env.runtime_containers());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn logs_and_exec_through_the_api_server_with_kubectl() {
+    let _serial = serial();
+    let env = KubeletEnv::start(15, EnvOptions { pod_cidr_flag: true });
+    let node = env.node_name.clone();
+    // stdout and stderr are separate pipes: a pause keeps their order certain.
+    let mut counter = sh("counter", "for i in 1 2 3 4 5; do echo line $i; done; sleep 1; echo oops >&2; exec sleep 3600");
+    counter["resources"] = json!({"limits": {"cpu": "250m", "memory": "64Mi"}});
+    env.apply(&pod("talker", &node, json!({
+        "terminationGracePeriodSeconds": 1,
+        "containers": [counter, sh("flaky", "echo attempt-$(date +%s%N); sleep 1; exit 1")],
+    })));
+    env.apply(&pod("ticker", &node, json!({
+        "terminationGracePeriodSeconds": 1,
+        "containers": [sh("t", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.3; done")],
+    })));
+    env.wait_pod("talker", "Running", Duration::from_secs(60), |p| {
+        p["status"]["phase"] == "Running" && container_status(p, "counter")["ready"] == true
+    });
+
+    // --previous: the flaky container's last run.
+    env.wait_pod("talker", "flaky restarted", Duration::from_secs(60), |p| restart_count(p, "flaky") >= 1);
+    let previous = env.kubectl(&["logs", "talker", "-c", "flaky", "--previous"]);
+    assert!(previous.starts_with("attempt-"), "{previous:?}");
+    let no_previous = env.kubectl_raw(&["logs", "talker", "-c", "counter", "--previous"], None);
+    assert!(!no_previous.status.success());
+    assert!(String::from_utf8_lossy(&no_previous.stderr).contains("previous terminated container"));
+
+    let logs = env.kubectl(&["logs", "talker", "-c", "counter"]);
+    assert_eq!(logs, "line 1\nline 2\nline 3\nline 4\nline 5\noops\n");
+    let tail = env.kubectl(&["logs", "talker", "-c", "counter", "--tail", "2"]);
+    assert_eq!(tail, "line 5\noops\n");
+
+    // -f streams new lines as they are written.
+    env.wait_ready("ticker");
+    let kubectl = Path::new(&std::env::var("COXSWAIN_VENV").unwrap_or_else(|_| "/opt/coxswain/venv".into())).join("bin/kubectl");
+    let mut follow = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", env.veth.a.name()))
+        .arg(kubectl)
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .args(["logs", "-f", "ticker", "--tail", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut buf = [0u8; 256];
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && seen.matches("tick").count() < 5 {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        seen
+    });
+    let seen = reader.join().unwrap();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let ticks: Vec<u64> = seen.lines().filter_map(|l| l.strip_prefix("tick ")?.parse().ok()).collect();
+    assert!(ticks.len() >= 5, "kubectl logs -f gave {seen:?}");
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "lines out of order: {ticks:?}");
+
+    // exec, not interactive: output, error output and the exit code.
+    let out = env.kubectl_raw(&["exec", "talker", "-c", "counter", "--", "sh", "-c", "echo out; echo err >&2; exit 7"], None);
+    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    // Resources became cgroup limits.
+    // (The container's own cgroup: v1 hierarchies or v2.)
+    let limits = env.kubectl(&["exec", "talker", "-c", "counter", "--", "sh", "-c",
+        "if [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then \
+           cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+           echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us); \
+         else p=$(grep '^0::' /proc/self/cgroup | cut -d: -f3); \
+           cat /sys/fs/cgroup$p/memory.max /sys/fs/cgroup$p/cpu.max; fi"]);
+    assert_eq!(limits, format!("{}\n25000 100000\n", 64u64 << 20));
+    // exec -i: stdin reaches the command and its end is seen.
+    let out = env.kubectl_raw(&["exec", "-i", "talker", "-c", "counter", "--", "sh", "-c", "cat; echo done"], Some("hello\nworld\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nworld\ndone\n");
+    // Unknown containers are refused by the API server.
+    let bad = env.kubectl_raw(&["logs", "talker", "-c", "nope"], None);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("container nope is not valid for pod talker"));
+}
+
+#[test]
+fn agent_restart_adopts_pods_and_missing_images_are_reported() {
+    let _serial = serial();
+    let mut env = KubeletEnv::start(16, EnvOptions { pod_cidr_flag: true });
+    let node = env.node_name.clone();
+    env.apply(&pod("steady", &node, json!({"terminationGracePeriodSeconds": 1, "containers": [sh("c", "exec sleep 3600")]})));
+    env.apply(&pod("missing", &node, json!({"terminationGracePeriodSeconds": 1, "containers": [
+        {"name": "c", "image": "coxswain.local/later:1", "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"]}
+    ]})));
+    let before = env.wait_ready("steady");
+    let id = container_status(&before, "c")["containerID"].clone();
+
+    let missing = env.wait_pod("missing", "waiting on its image", Duration::from_secs(60), |p| {
+        matches!(container_status(p, "c")["state"]["waiting"]["reason"].as_str(), Some("ErrImagePull" | "ImagePullBackOff"))
+    });
+    assert_eq!(missing["status"]["phase"], "Pending");
+    let msg = container_status(&missing, "c")["state"]["waiting"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(msg.contains("coxswain.local/later:1"), "{msg}");
+
+    // A restarted agent adopts the running pod: same container, no restart.
+    env.stop_agent();
+    env.start_agent();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = env.wait_ready("steady");
+    assert_eq!(container_status(&after, "c")["containerID"], id);
+    assert_eq!(restart_count(&after, "c"), 0);
+    assert_eq!(after["status"]["podIP"], before["status"]["podIP"]);
+
+    // Importing the image (coxctl, through the agent) lets the pod start.
+    let archive = env.dir.path().join("later.tar");
+    let built = Command::new(workspace_bin("coxctl"))
+        .args(["image", "build", "coxswain.local/later:1", "-o"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let imported = loop {
+        let out = env.in_node(&workspace_bin("coxctl")).args(["image", "import"]).arg(&archive).output().unwrap();
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    assert!(String::from_utf8_lossy(&imported.stdout).contains("coxswain.local/later:1"));
+    env.wait_ready("missing");
+
+    // Static pods: a manifest becomes a mirror pod that runs; removing it removes the pod.
+    std::fs::write(
+        env.manifests().join("static-web.yaml"),
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: static-web\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n"),
+    )
+    .unwrap();
+    let mirror = format!("static-web-{node}");
+    let p = env.wait_ready(&mirror);
+    assert!(p["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string());
+    std::fs::remove_file(env.manifests().join("static-web.yaml")).unwrap();
+    env.wait_gone(&mirror, Duration::from_secs(30));
+}
