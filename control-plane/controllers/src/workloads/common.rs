@@ -521,6 +521,25 @@ where
     (reader, stream)
 }
 
+/// [`reflect`] over the owners a controller keeps [`Expectations`] for: a deleted owner's
+/// pending expectations are forgotten, so a recreated one with the same name starts clean.
+pub(crate) fn reflect_owners<K>(
+    api: Api<K>,
+    expectations: Arc<Expectations>,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    reflect(api, move |ev| {
+        if let watcher::Event::Delete(owner) = ev {
+            expectations.forget(&key_of(owner));
+        }
+    })
+}
+
 /// Waits until `store` has its first full list (bounded, so a broken watch shows up as a
 /// retried error rather than a hang).
 pub(crate) async fn wait_synced<K>(store: &Store<K>, what: &str) -> Result<(), Error>

@@ -24,7 +24,8 @@ use super::Error;
 use super::common::{
     self, ErrorBackoff, Expectations, METRICS, claim, controller_of, create_pod, delete_pod,
     ensure_revision, is_active, is_available, is_ready, key_of, owner_ref, pod_from_template,
-    random_suffix, reflect, scaled_value, selector_of, selects, until_available, wait_synced,
+    random_suffix, reflect, reflect_owners, scaled_value, selector_of, selects, until_available,
+    wait_synced,
 };
 
 const COMPONENT: &str = "daemonset-controller";
@@ -48,12 +49,8 @@ pub async fn run_daemonset(ctx: crate::Context) -> Result<(), Error> {
     let expectations = Arc::new(Expectations::default());
     let exp = expectations.clone();
     let (pods, pod_stream) = reflect(Api::<Pod>::all(client.clone()), move |ev| exp.observe(ev));
-    let exp = expectations.clone();
-    let (sets, ds_stream) = reflect(Api::<DaemonSet>::all(client.clone()), move |ev| {
-        if let kube::runtime::watcher::Event::Delete(ds) = ev {
-            exp.forget(&key_of(ds));
-        }
-    });
+    let (sets, ds_stream) =
+        reflect_owners(Api::<DaemonSet>::all(client.clone()), expectations.clone());
     let (nodes, node_stream) = reflect(Api::<Node>::all(client.clone()), |_| {});
     let (revisions, rev_stream) = reflect(Api::<ControllerRevision>::all(client.clone()), |_| {});
     let ctx = Arc::new(Ctx {

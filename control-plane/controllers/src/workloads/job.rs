@@ -23,7 +23,7 @@ use super::Error;
 use super::common::{
     self, BURST, ErrorBackoff, Expectations, METRICS, claim, controller_of, create_pod, delete_pod,
     is_active, is_ready, is_terminating, key_of, owner_ref, pod_from_template, random_suffix,
-    reflect, selector_of, selects, slow_start, wait_synced,
+    reflect, reflect_owners, selector_of, selects, slow_start, wait_synced,
 };
 
 const COMPONENT: &str = "job-controller";
@@ -71,12 +71,7 @@ pub async fn run_job_with(ctx: crate::Context, options: JobOptions) -> Result<()
     let expectations = Arc::new(Expectations::default());
     let exp = expectations.clone();
     let (pods, pod_stream) = reflect(Api::<Pod>::all(client.clone()), move |ev| exp.observe(ev));
-    let exp = expectations.clone();
-    let (jobs, job_stream) = reflect(Api::<Job>::all(client.clone()), move |ev| {
-        if let kube::runtime::watcher::Event::Delete(job) = ev {
-            exp.forget(&key_of(job));
-        }
-    });
+    let (jobs, job_stream) = reflect_owners(Api::<Job>::all(client.clone()), expectations.clone());
     let ctx = Arc::new(Ctx {
         metrics: ctx.metrics().clone(),
         recorder: Recorder::new(client.clone(), COMPONENT, None),

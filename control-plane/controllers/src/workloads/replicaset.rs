@@ -21,8 +21,8 @@ use super::Error;
 use super::common::{
     self, BURST, ErrorBackoff, Expectations, METRICS, SpecOpt, claim, controller_of, create_pod,
     delete_pod, is_active, is_available, is_ready, is_terminating, key_of, owner_ref,
-    pod_from_template, random_suffix, ready_since, reflect, selector_of, selects, slow_start,
-    until_available, wait_synced,
+    pod_from_template, random_suffix, ready_since, reflect, reflect_owners, selector_of, selects,
+    slow_start, until_available, wait_synced,
 };
 
 const COMPONENT: &str = "replicaset-controller";
@@ -42,12 +42,8 @@ pub async fn run_replicaset(ctx: crate::Context) -> Result<(), Error> {
     let expectations = Arc::new(Expectations::default());
     let exp = expectations.clone();
     let (pods, pod_stream) = reflect(Api::<Pod>::all(client.clone()), move |ev| exp.observe(ev));
-    let exp = expectations.clone();
-    let (sets, set_stream) = reflect(Api::<ReplicaSet>::all(client.clone()), move |ev| {
-        if let kube::runtime::watcher::Event::Delete(rs) = ev {
-            exp.forget(&key_of(rs));
-        }
-    });
+    let (sets, set_stream) =
+        reflect_owners(Api::<ReplicaSet>::all(client.clone()), expectations.clone());
     let ctx = Arc::new(Ctx {
         metrics: ctx.metrics().clone(),
         recorder: Recorder::new(client.clone(), COMPONENT, None),

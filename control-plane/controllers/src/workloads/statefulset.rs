@@ -21,7 +21,7 @@ use super::Error;
 use super::common::{
     self, ErrorBackoff, Expectations, METRICS, claim, controller_of, delete_pod, ensure_revision,
     is_active, is_available, is_ready, is_terminating, key_of, owner_ref, pod_from_template,
-    reflect, selector_of, selects, until_available, wait_synced,
+    reflect, reflect_owners, selector_of, selects, until_available, wait_synced,
 };
 
 const COMPONENT: &str = "statefulset-controller";
@@ -46,12 +46,10 @@ pub async fn run_statefulset(ctx: crate::Context) -> Result<(), Error> {
     let expectations = Arc::new(Expectations::default());
     let exp = expectations.clone();
     let (pods, pod_stream) = reflect(Api::<Pod>::all(client.clone()), move |ev| exp.observe(ev));
-    let exp = expectations.clone();
-    let (sets, sts_stream) = reflect(Api::<StatefulSet>::all(client.clone()), move |ev| {
-        if let kube::runtime::watcher::Event::Delete(sts) = ev {
-            exp.forget(&key_of(sts));
-        }
-    });
+    let (sets, sts_stream) = reflect_owners(
+        Api::<StatefulSet>::all(client.clone()),
+        expectations.clone(),
+    );
     let (revisions, rev_stream) = reflect(Api::<ControllerRevision>::all(client.clone()), |_| {});
     let ctx = Arc::new(Ctx {
         metrics: ctx.metrics().clone(),
