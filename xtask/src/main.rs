@@ -2,8 +2,8 @@
 
 mod bench;
 mod build_ebpf;
+mod cluster;
 mod cmd;
-mod demo;
 mod setup;
 mod test;
 
@@ -26,10 +26,11 @@ enum Task {
     BuildEbpf(build_ebpf::Options),
     /// Run setup if needed, build the eBPF object, run every test.
     Test(test::Options),
-    /// Build everything and start the node agent on a demo interface.
-    Up(demo::UpOptions),
+    /// Build everything and start a local cluster: control plane, nodes
+    /// (containerd + node agent each), a demo Deployment and Service.
+    Up(cluster::UpOptions),
     /// Stop what `up` started and remove what it created.
-    Down(demo::DownOptions),
+    Down(cluster::DownOptions),
     /// Run a benchmark (release build), e.g. `cargo xtask bench store`.
     Bench(bench::Options),
 }
@@ -39,8 +40,8 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::BuildEbpf(opts) => build_ebpf::run(&opts).map(|_| ()),
         Task::Test(opts) => test::run(&opts),
-        Task::Up(opts) => demo::up(&opts),
-        Task::Down(opts) => demo::down(&opts),
+        Task::Up(opts) => cluster::up(&opts),
+        Task::Down(opts) => cluster::down(&opts),
         Task::Bench(opts) => bench::run(&opts),
     }
 }

@@ -387,6 +387,11 @@ pub struct NodeConfigV4 {
     pub snat_addr: u32,
     /// Always zero.
     pub pad: u32,
+    /// The network namespace (its cookie, `SO_NETNS_COOKIE`) whose sockets
+    /// the socket programs balance; sockets of other namespaces (pods,
+    /// other nodes sharing the cgroup) are left to their own datapath.
+    /// 0: every socket.
+    pub netns_cookie: u64,
 }
 
 /// Key of the ClientIP affinity map.
@@ -448,7 +453,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<RevNatV4>(), 8);
         assert_eq!(core::mem::size_of::<CtKeyV4>(), 16);
         assert_eq!(core::mem::size_of::<CtValue>(), 32);
-        assert_eq!(core::mem::size_of::<NodeConfigV4>(), 8);
+        assert_eq!(core::mem::size_of::<NodeConfigV4>(), 16);
         assert_eq!(core::mem::size_of::<AffinityKeyV4>(), 8);
         assert_eq!(core::mem::size_of::<AffinityValue>(), 16);
         assert_eq!(core::mem::size_of::<SockRevNatKeyV4>(), 16);

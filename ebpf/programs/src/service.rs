@@ -40,7 +40,7 @@ const IP_SRC_OFF: usize = ETH_HLEN + 12;
 const IP_DST_OFF: usize = ETH_HLEN + 16;
 
 #[map]
-static NODE_CONFIG_V4: Array<NodeConfigV4> = Array::pinned(1, 0);
+pub(crate) static NODE_CONFIG_V4: Array<NodeConfigV4> = Array::pinned(1, 0);
 
 #[map]
 static AFFINITY_V4: LruHashMap<AffinityKeyV4, AffinityValue> =

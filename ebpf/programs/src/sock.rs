@@ -5,7 +5,7 @@
 //! `getpeername()` show the Service address again.
 
 use aya_ebpf::{
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
     macros::{cgroup_sock_addr, map},
     maps::LruHashMap,
     programs::SockAddrContext,
@@ -14,7 +14,7 @@ use coxswain_ebpf_common::{
     RevNatV4, SOCK_REV_NAT_MAX_ENTRIES, ServiceKeyV4, SockRevNatKeyV4, proto, scope,
 };
 
-use crate::service::{SERVICES_V4, pick_backend};
+use crate::service::{NODE_CONFIG_V4, SERVICES_V4, pick_backend};
 
 #[map]
 static SOCK_REV_NAT_V4: LruHashMap<SockRevNatKeyV4, RevNatV4> =
@@ -46,8 +46,23 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
     reverse(&ctx)
 }
 
+/// Whether the socket lives in the network namespace this node's agent
+/// serves. Several nodes may share one cgroup hierarchy (network-namespace
+/// nodes on one machine); each balances only its own sockets, and pods,
+/// which have namespaces of their own, go through the tc path.
+#[inline(always)]
+fn ours(ctx: &SockAddrContext) -> bool {
+    let Some(cfg) = NODE_CONFIG_V4.get(0) else {
+        return true;
+    };
+    cfg.netns_cookie == 0 || unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) } == cfg.netns_cookie
+}
+
 #[inline(always)]
 fn translate(ctx: &SockAddrContext) -> i32 {
+    if !ours(ctx) {
+        return ALLOW;
+    }
     // SAFETY: the context pointer the kernel gave this program.
     let sa = unsafe { &mut *ctx.sock_addr };
     let protocol = sa.protocol as u8;

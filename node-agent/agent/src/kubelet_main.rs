@@ -25,6 +25,13 @@ pub struct KubeletArgs {
     #[arg(long)]
     pub kubelet: bool,
 
+    /// Instead of running: remove every pod sandbox of this node through
+    /// CRI (containers, their network and addresses), stop the managed
+    /// containerd, and exit (as `kubeadm reset`; give the same kubelet
+    /// flags as when running).
+    #[arg(long)]
+    pub reset: bool,
+
     /// Use the containerd serving this socket instead of starting one.
     #[arg(long, value_name = "PATH", conflicts_with = "manage_containerd")]
     pub containerd_socket: Option<PathBuf>,
@@ -90,7 +97,12 @@ pub struct KubeletArgs {
 }
 
 /// Starts the kubelet if `--kubelet` was given.
-pub async fn start(args: &KubeletArgs, kubeconfig: Option<&PathBuf>, node_name: &str) -> Result<Option<Kubelet>> {
+pub async fn start(
+    args: &KubeletArgs,
+    kubeconfig: Option<&PathBuf>,
+    node_name: &str,
+    sandbox_network_hook: Option<coxswain_kubelet::SandboxNetworkHook>,
+) -> Result<Option<Kubelet>> {
     if !args.kubelet {
         return Ok(None);
     }
@@ -111,24 +123,7 @@ pub async fn start(args: &KubeletArgs, kubeconfig: Option<&PathBuf>, node_name: 
     let root = args.kubelet_root_dir.clone();
     let cni_conf_dir = root.join("cni/net.d");
     let sandbox_image = coxswain_oci_image_pause();
-    let runtime = match &args.containerd_socket {
-        Some(socket) => Runtime::Existing(socket.clone()),
-        None => {
-            let state = args
-                .containerd_state
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("/run/coxswain/{node_name}/containerd")));
-            let mut layout = coxswain_kubelet::managed_layout(
-                &args.containerd_root.clone().unwrap_or_else(|| root.join("containerd")),
-                &state,
-                &state.join("containerd.sock"),
-                &cni_conf_dir,
-                &sandbox_image,
-            );
-            layout.binary = args.containerd_bin.clone();
-            Runtime::Managed(layout)
-        }
-    };
+    let runtime = runtime(args, &root, &cni_conf_dir, node_name);
     let config = KubeletConfig {
         node_name: node_name.to_owned(),
         node_ip,
@@ -143,9 +138,69 @@ pub async fn start(args: &KubeletArgs, kubeconfig: Option<&PathBuf>, node_name: 
         ctr: args.ctr.clone(),
         sandbox_image,
         max_pods: args.max_pods,
+        sandbox_network_hook,
     };
     let kubelet = Kubelet::start(config, runtime, client).await.context("failed to start the kubelet")?;
     Ok(Some(kubelet))
+}
+
+/// The container runtime `args` describe: an existing socket or a
+/// containerd of our own.
+fn runtime(args: &KubeletArgs, root: &std::path::Path, cni_conf_dir: &std::path::Path, node_name: &str) -> Runtime {
+    match &args.containerd_socket {
+        Some(socket) => Runtime::Existing(socket.clone()),
+        None => {
+            let state = args
+                .containerd_state
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("/run/coxswain/{node_name}/containerd")));
+            let mut layout = coxswain_kubelet::managed_layout(
+                &args.containerd_root.clone().unwrap_or_else(|| root.join("containerd")),
+                &state,
+                &state.join("containerd.sock"),
+                cni_conf_dir,
+                &coxswain_oci_image_pause(),
+            );
+            layout.binary = args.containerd_bin.clone();
+            Runtime::Managed(layout)
+        }
+    }
+}
+
+/// `--reset` (as `kubeadm reset`): stops and removes every pod sandbox of
+/// this node through CRI (containers are killed, CNI releases their
+/// addresses and interfaces), then stops the managed containerd. Run after
+/// the agent itself stopped; the API objects are left alone.
+pub async fn reset(args: &KubeletArgs, node_name: &str) -> Result<()> {
+    let root = args.kubelet_root_dir.clone();
+    let cni_conf_dir = root.join("cni/net.d");
+    let (_containerd, socket) = match runtime(args, &root, &cni_conf_dir, node_name) {
+        Runtime::Existing(socket) => (None, socket),
+        Runtime::Managed(layout) => {
+            let socket = layout.socket.clone();
+            let containerd = coxswain_kubelet::ManagedContainerd::start(layout, std::time::Duration::from_secs(30))
+                .await
+                .context("failed to start containerd for the reset")?;
+            (Some(containerd), socket)
+        }
+    };
+    let cri = coxswain_kubelet::Cri::connect(&socket)
+        .await
+        .with_context(|| format!("failed to reach containerd at {}", socket.display()))?;
+    let sandboxes = cri.list_sandboxes(Default::default()).await.context("failed to list pod sandboxes")?;
+    info!(count = sandboxes.len(), "removing pod sandboxes");
+    let mut failed = 0;
+    for sandbox in sandboxes {
+        let name = sandbox.metadata.as_ref().map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default();
+        let stopped = cri.stop_sandbox(&sandbox.id).await;
+        let removed = cri.remove_sandbox(&sandbox.id).await;
+        if let Err(e) = stopped.and(removed) {
+            failed += 1;
+            tracing::warn!(pod = %name, sandbox = %sandbox.id, error = %e, "could not remove the sandbox");
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} pod sandboxes could not be removed");
+    Ok(())
 }
 
 fn coxswain_oci_image_pause() -> String {

@@ -9,6 +9,7 @@ mod api;
 mod kubelet_main;
 mod conntrack_gc;
 mod metrics;
+mod pod_links;
 mod proxy_loop;
 mod rules;
 
@@ -58,6 +59,12 @@ struct Args {
     /// attached to its tc ingress. Repeat for several.
     #[arg(long = "service-iface", value_name = "NAME")]
     service_ifaces: Vec<String>,
+
+    /// The bridge pods are attached to (the kubelet's `--cni-bridge`): the
+    /// Service program is attached to the tc ingress of each of its ports,
+    /// the pods' host-side veths, as they come and go.
+    #[arg(long, value_name = "NAME")]
+    pod_bridge: Option<String>,
 
     /// The node's uplink (the interface other machines reach it through):
     /// NodePort, externalIPs and load-balancer IPs are served here. Only
@@ -139,18 +146,37 @@ async fn main() -> Result<()> {
     init_tracing(args.log_format);
 
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
-    let kubelet = kubelet_main::start(&args.kubelet, args.kubeconfig.as_ref(), &node_name).await?;
+    if args.kubelet.reset {
+        kubelet_main::reset(&args.kubelet, &node_name).await?;
+        info!("reset done: no pod sandbox left");
+        return Ok(());
+    }
+    // The kubelet asks for a pod interface sync before a pod's containers
+    // start; the dataplane loads after the kubelet, hence the late binding.
+    let pod_links: Arc<std::sync::OnceLock<(Arc<pod_links::PodLinks>, PathBuf)>> = Arc::default();
+    let hook = args.pod_bridge.is_some().then(|| {
+        let pod_links = pod_links.clone();
+        coxswain_kubelet::SandboxNetworkHook(Arc::new(move || {
+            if let Some((links, pin_dir)) = pod_links.get()
+                && let Err(e) = links.sync(pin_dir)
+            {
+                tracing::warn!(error = %format!("{e:#}"), "pod interface sync failed");
+            }
+        }))
+    });
+    let kubelet = kubelet_main::start(&args.kubelet, args.kubeconfig.as_ref(), &node_name, hook).await?;
     if args.ifaces.is_empty()
         && args.xdp_ifaces.is_empty()
         && args.service_ifaces.is_empty()
         && args.uplink_ifaces.is_empty()
+        && args.pod_bridge.is_none()
         && args.socket_lb_cgroup.is_none()
     {
         if let Some(kubelet) = kubelet {
             return kubelet_main::run_alone(kubelet, args.metrics_addr, shutdown_signal()).await;
         }
         bail!(
-            "nothing to run: give --kubelet, or name an interface (--iface, --xdp-iface, --service-iface) or a cgroup (--socket-lb-cgroup) to attach to"
+            "nothing to run: give --kubelet, or name an interface (--iface, --xdp-iface, --service-iface, --uplink-iface, --pod-bridge) or a cgroup (--socket-lb-cgroup) to attach to"
         );
     }
     let object = locate_object(args.bpf_object.as_deref())?;
@@ -186,6 +212,17 @@ async fn main() -> Result<()> {
             .with_context(|| format!("--socket-lb-cgroup {}", cgroup.display()))?;
     }
     let dataplane = Arc::new(Mutex::new(dataplane));
+    if let Some(bridge) = &args.pod_bridge {
+        let links = Arc::new(pod_links::PodLinks::new(
+            bridge.clone(),
+            args.service_ifaces.iter().cloned(),
+            dataplane.clone(),
+        ));
+        let attached = links.sync(&args.pin_dir)?;
+        info!(bridge = %bridge, ports = attached, "following the pod bridge's ports");
+        let _ = pod_links.set((links.clone(), args.pin_dir.clone()));
+        links.spawn(args.pin_dir.clone())?;
+    }
 
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await

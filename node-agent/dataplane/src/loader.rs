@@ -210,14 +210,20 @@ impl Dataplane {
     /// Sets the node address external flows are source-NATed to when their
     /// backend runs on another node (`None`: never SNAT).
     pub fn set_snat_address(&mut self, addr: Option<std::net::Ipv4Addr>) -> Result<()> {
+        self.update_node_config(|config| config.snat_addr = addr.map_or(0, |a| u32::from(a).to_be()))
+    }
+
+    /// Read-modify-write of the node's one configuration entry.
+    fn update_node_config(
+        &mut self,
+        change: impl FnOnce(&mut coxswain_ebpf_common::NodeConfigV4),
+    ) -> Result<()> {
         let name = names::NODE_CONFIG_V4;
         let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
         let mut array: aya::maps::Array<_, coxswain_ebpf_common::NodeConfigV4> =
             aya::maps::Array::try_from(map).map_err(|source| Error::Map { name, source })?;
-        let config = coxswain_ebpf_common::NodeConfigV4 {
-            snat_addr: addr.map_or(0, |a| u32::from(a).to_be()),
-            pad: 0,
-        };
+        let mut config = array.get(&0, 0).map_err(|source| Error::Map { name, source })?;
+        change(&mut config);
         array
             .set(0, config, 0)
             .map_err(|source| Error::Map { name, source })
@@ -343,6 +349,13 @@ impl Dataplane {
             path: cgroup.to_owned(),
             source,
         })?;
+        // Only sockets of this network namespace are ours to balance: other
+        // nodes may share the cgroup, and pods have their own namespaces.
+        let cookie = current_netns_cookie().map_err(|source| Error::Cgroup {
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        self.update_node_config(|config| config.netns_cookie = cookie)?;
         for name in SOCK_LB_PROGRAMS {
             let pin = self.sock_lb_pin(name, cgroup);
             let link_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
@@ -528,4 +541,29 @@ fn spawn_log_pump(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> LogPump
             guard.clear_ready();
         }
     }))
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`,
+/// Linux >= 5.14), as `bpf_get_netns_cookie` reports it to the programs.
+fn current_netns_cookie() -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    #[allow(unsafe_code, reason = "getsockopt has no safe wrapper for SO_NETNS_COOKIE")]
+    // SAFETY: a valid socket and an out-buffer of the advertised length.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }

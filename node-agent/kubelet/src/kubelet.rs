@@ -102,6 +102,20 @@ pub struct KubeletConfig {
     pub sandbox_image: String,
     /// Maximum pods (capacity).
     pub max_pods: u32,
+    /// Called once a new sandbox has its network and before any of the
+    /// pod's containers starts (the node agent attaches its Service program
+    /// to the pod's interface there).
+    pub sandbox_network_hook: Option<SandboxNetworkHook>,
+}
+
+/// See [`KubeletConfig::sandbox_network_hook`]. Runs on a blocking thread.
+#[derive(Clone)]
+pub struct SandboxNetworkHook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for SandboxNetworkHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SandboxNetworkHook")
+    }
 }
 
 /// State shared by the kubelet's tasks.

@@ -24,6 +24,8 @@ pub use cni::{CONFLIST_NAME, Ipv4Cidr};
 pub use containerd::{ContainerdLayout, ManagedContainerd};
 pub use cri::{Cri, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID};
 pub use images::{import_archive, import_dir};
-pub use kubelet::{Error, ImageImporter, Kubelet, KubeletConfig, Result, Runtime, default_node_ip, managed_layout};
+pub use kubelet::{
+    Error, ImageImporter, Kubelet, KubeletConfig, Result, Runtime, SandboxNetworkHook, default_node_ip, managed_layout,
+};
 pub use metrics::KubeletMetrics;
 pub use static_pods::MIRROR_ANNOTATION;

@@ -311,6 +311,9 @@ impl PodWorker {
                     .collect()
             })
             .unwrap_or_default();
+        if let Some(hook) = self.shared.config.sandbox_network_hook.clone() {
+            let _ = tokio::task::spawn_blocking(move || (hook.0)()).await;
+        }
         info!(pod = %format!("{}/{}", self.namespace, self.name), sandbox = %id, ips = ?ips, "sandbox ready");
         self.sandbox_ip.insert(id.clone(), ips);
         Ok(id)
