@@ -310,8 +310,12 @@ fn host_sockets_reach_services_through_socket_load_balancing() {
     program(fx.dataplane.service_maps(), 53, proto::UDP, 2, &backends);
     program(fx.dataplane.service_maps(), 81, proto::TCP, 3, &[]);
     let cgroup = TestCgroup::new();
-    fx.dataplane
-        .attach_socket_lb(&cgroup.0)
+    // Attached from the node's network namespace, as the agent runs there:
+    // only sockets of that namespace are balanced.
+    let dataplane = &mut fx.dataplane;
+    fx.topo
+        .node
+        .run_in(|| dataplane.attach_socket_lb(&cgroup.0).map_err(Into::into))
         .expect("attach socket lb");
 
     // TCP: every connection lands on a backend; the peer name stays the

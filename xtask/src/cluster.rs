@@ -78,6 +78,10 @@ pub struct UpOptions {
     /// Do not deploy the demo application.
     #[arg(long)]
     pub no_demo: bool,
+    /// How long a node may go without renewing its Lease before it is
+    /// marked NotReady (the control plane's `--node-monitor-grace-period`).
+    #[arg(long, default_value = "40s")]
+    pub node_monitor_grace_period: String,
     /// Which of several side-by-side clusters this is (0 is the default;
     /// each instance has its own addresses, interface names and ports).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
@@ -388,7 +392,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
     create_topology(&layout)?;
 
     let etcd_endpoints = if opts.etcd { Some(start_etcd(&layout)?) } else { None };
-    start_control_plane(&layout, &bins, etcd_endpoints.as_deref())?;
+    start_control_plane(&layout, &bins, etcd_endpoints.as_deref(), &opts.node_monitor_grace_period)?;
 
     step("up", "building the demo images (busybox httpd)");
     let images = layout.data.join("images");
@@ -495,11 +499,20 @@ fn print_next_steps(layout: &Layout, demo_ip: Option<&str>) {
     println!("Try:");
     println!("  export KUBECONFIG={}", layout.kubeconfig().display());
     println!("  {} get nodes,pods -o wide", kubectl.display());
+    let state = std::fs::read_to_string(layout.state_file()).unwrap_or_default();
+    let ebpf = state.contains("proxy_mode=ebpf");
     match demo_ip {
-        Some(ip) if !ip.is_empty() => println!("  curl http://{ip}/        # the demo Service, balanced in the kernel"),
+        Some(ip) if !ip.is_empty() && ebpf => println!("  curl http://{ip}/        # the demo Service, balanced in the kernel"),
+        Some(ip) if !ip.is_empty() => println!("  curl http://{ip}/        # the demo Service"),
         _ => println!("  {} get services", kubectl.display()),
     }
-    println!("  coxctl dataplane --agent http://{} services   # what node-1's eBPF maps hold", layout.agent_addr(1));
+    let profile = if state.contains("profile=debug") { "debug" } else { "release" };
+    let coxctl = bin_dir(profile).join("coxctl");
+    if ebpf {
+        println!("  {} dataplane --agent http://{} services   # what node-1's eBPF maps hold", coxctl.display(), layout.agent_addr(1));
+    } else {
+        println!("  {} cluster status", coxctl.display());
+    }
     println!("Logs: {}   Stop: cargo xtask down", layout.log_dir().display());
 }
 
@@ -613,7 +626,7 @@ fn start_etcd(layout: &Layout) -> Result<String> {
     Ok((0..3).map(|m| format!("http://127.0.0.1:{}", layout.etcd_client_port(m))).collect::<Vec<_>>().join(","))
 }
 
-fn start_control_plane(layout: &Layout, bins: &Path, etcd: Option<&str>) -> Result<()> {
+fn start_control_plane(layout: &Layout, bins: &Path, etcd: Option<&str>, grace: &str) -> Result<()> {
     step("up", format!("starting the control plane on http://{} (log: {})", layout.api_addr(), layout.log_dir().join("control-plane.log").display()));
     let _ = std::fs::remove_file(layout.kubeconfig());
     let mut cmd = Command::new(bins.join("coxswain-control-plane"));
@@ -622,7 +635,8 @@ fn start_control_plane(layout: &Layout, bins: &Path, etcd: Option<&str>) -> Resu
         .args(["--listen", &layout.api_addr()])
         .args(["--service-cidr", &layout.service_cidr()])
         .args(["--cluster-cidr", &layout.cluster_cidr()])
-        .args(["--components-metrics-listen", &format!("{}:10257", layout.node_ip(1))]);
+        .args(["--components-metrics-listen", &format!("{}:10257", layout.node_ip(1))])
+        .args(["--node-monitor-grace-period", grace]);
     if let Some(endpoints) = etcd {
         cmd.args(["--etcd-endpoints", endpoints]);
     }

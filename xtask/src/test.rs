@@ -5,7 +5,7 @@ use std::{process::Command, time::Instant};
 use anyhow::{Result, bail};
 
 use crate::{
-    build_ebpf,
+    build_ebpf, cluster,
     cmd::{exec, is_root, repo_root, step},
     setup,
 };
@@ -16,6 +16,9 @@ pub struct Options {
     /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
     #[arg(last = true)]
     pub cargo_args: Vec<String>,
+    /// Skip the end-to-end phase (clusters brought up with `up`).
+    #[arg(long)]
+    pub skip_e2e: bool,
 }
 
 /// Runs setup when something is missing, builds the eBPF object, then runs
@@ -53,9 +56,60 @@ pub fn run(opts: &Options) -> Result<()> {
         cmd.arg("--").args(&opts.cargo_args);
     }
     exec(&mut cmd)?;
+    if opts.cargo_args.is_empty() && !opts.skip_e2e {
+        end_to_end()?;
+    }
     step(
         "test",
         format!("all tests passed in {:.0} s", start.elapsed().as_secs_f64()),
     );
+    Ok(())
+}
+
+/// The end-to-end phase: a 3-node and a 1-node cluster from `up` (instance
+/// 1, beside any cluster of the user's), the `e2e` tests against each, and
+/// `down`, which fails if anything is left behind.
+fn end_to_end() -> Result<()> {
+    let runs: [(u8, &[&str]); 2] = [(3, &[]), (1, &["docs_examples", "scaling"])];
+    for (nodes, filters) in runs {
+        let data_dir = std::env::temp_dir().join(format!("coxswain-e2e-{nodes}"));
+        step("test", format!("end to end: a {nodes}-node cluster in {}", data_dir.display()));
+        let up = cluster::UpOptions {
+            nodes,
+            data_dir: data_dir.clone(),
+            proxy_mode: cluster::ProxyMode::Ebpf,
+            etcd: false,
+            debug: true,
+            no_build: true,
+            no_demo: false,
+            node_monitor_grace_period: "20s".into(),
+            instance: 1,
+        };
+        let down = cluster::DownOptions { data_dir: data_dir.clone(), purge: true };
+        let tested = cluster::up(&up).and_then(|()| {
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(repo_root())
+                .args(["test", "--locked", "-p", "coxswain-tests", "--test", "e2e", "--", "--ignored", "--test-threads=1"])
+                .args(filters)
+                .env("COXSWAIN_E2E_DATA_DIR", &data_dir)
+                .env("COXSWAIN_VENV", setup::venv_dir());
+            exec(&mut cmd)
+        });
+        if tested.is_err() {
+            let logs = data_dir.join("logs");
+            step("test", format!("end-to-end failure; the cluster's logs follow ({})", logs.display()));
+            for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                println!("--- {} (last 40 lines)", entry.path().display());
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    println!("{line}");
+                }
+            }
+        }
+        let cleaned = cluster::down(&down);
+        tested?;
+        cleaned?;
+    }
     Ok(())
 }

@@ -344,10 +344,11 @@ pub mod ct_flags {
     /// The flow's source was rewritten to a node address (external traffic
     /// to a backend on another node, `externalTrafficPolicy: Cluster`).
     pub const SNAT: u16 = 1 << 0;
-    /// The flow arrived from outside the node (uplink). Its replies get
-    /// the Service address back as they leave through the uplink, not when
-    /// they enter the node: a source equal to a node address would be
-    /// dropped as martian on input.
+    /// The flow arrived from outside the node (uplink), or was addressed to
+    /// a node address (a pod reaching a NodePort). Its replies get the
+    /// Service address back as they leave (through the uplink, or through
+    /// the pod's interface), not when they enter the node: a source equal
+    /// to a node address would be dropped as martian on input.
     pub const EXTERNAL: u16 = 1 << 1;
     /// A FIN or RST was seen on this entry's direction: the connection is
     /// closing. The flow's entries expire after

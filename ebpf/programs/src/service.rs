@@ -352,7 +352,16 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
             };
             // External traffic to a backend on another node must come back
             // through this node: give it a node address as its source.
-            let mut flags = if external { ct_flags::EXTERNAL } else { 0 };
+            // Replies get their Service source back on egress, after
+            // routing, when the flow came from outside or is addressed to a
+            // node address (a pod reaching a NodePort): a reply whose source
+            // is a node address would be dropped as martian when it enters
+            // the node from another one.
+            let mut flags = if external || master.flags & service_flags::NODE_PORT != 0 {
+                ct_flags::EXTERNAL
+            } else {
+                0
+            };
             let mut snat_addr = 0;
             if external
                 && master.flags & service_flags::SNAT != 0
@@ -388,7 +397,7 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
             // packet.
             let _ = CONNTRACK_V4.insert(&fwd_key, &value, 0);
             let _ = CONNTRACK_V4.insert(&keys.reply, &value, 0);
-            if external {
+            if flags & ct_flags::EXTERNAL != 0 {
                 let _ = CONNTRACK_V4.insert(&keys.egress, &value, 0);
                 if flags & ct_flags::SNAT != 0 {
                     let _ = CONNTRACK_V4.insert(&keys.snat_out, &value, 0);

@@ -171,6 +171,8 @@ async fn main() -> Result<()> {
         && args.uplink_ifaces.is_empty()
         && args.pod_bridge.is_none()
         && args.socket_lb_cgroup.is_none()
+        // Rule modes need no interface, only the API server.
+        && (args.proxy_mode == ProxyMode::Ebpf || args.kubeconfig.is_none())
     {
         if let Some(kubelet) = kubelet {
             return kubelet_main::run_alone(kubelet, args.metrics_addr, shutdown_signal()).await;
@@ -300,7 +302,9 @@ fn hostname() -> String {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // netlink-packet-route warns about every attribute newer than itself.
+        .add_directive("netlink_packet_route=error".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),

@@ -91,13 +91,13 @@ impl PodLinks {
             if attached.get(name) == Some(index) {
                 continue;
             }
-            if let Err(e) = dataplane.attach_service_tc(name) {
+            if let Err(e) = dataplane.attach_pod_tc(name) {
                 // A pinned link left by an interface of the same name that
                 // is gone: drop it and attach afresh.
                 debug!(iface = %name, error = %e, "retrying after removing a stale pinned link");
                 dataplane.detach_service_tc(name)?;
                 dataplane
-                    .attach_service_tc(name)
+                    .attach_pod_tc(name)
                     .with_context(|| format!("failed to attach the Service program to pod interface {name}"))?;
             }
             info!(iface = %name, bridge = %self.bridge, "Service program attached to pod interface");

@@ -196,6 +196,17 @@ impl Dataplane {
         self.attach_pinned_tc(names::PROG_SERVICE_TC, iface, TcAttachType::Ingress)
     }
 
+    /// Attaches to a pod's host-side interface: the Service program on its
+    /// ingress (what the pod sends) and the egress program on its egress
+    /// (replies of flows the pod sent to a node address, e.g. a NodePort,
+    /// take the Service address as their source after routing). Pinned
+    /// like [`Dataplane::attach_service_tc`]; [`Dataplane::detach_service_tc`]
+    /// removes both.
+    pub fn attach_pod_tc(&mut self, iface: &str) -> Result<()> {
+        self.attach_pinned_tc(names::PROG_NODEPORT_EGRESS_TC, iface, TcAttachType::Egress)?;
+        self.attach_pinned_tc(names::PROG_SERVICE_TC, iface, TcAttachType::Ingress)
+    }
+
     /// Attaches the uplink program to `iface` on tc ingress: NodePorts,
     /// externalIPs and load-balancer IPs reached from other machines
     /// (`externalTrafficPolicy` honoured; source NAT to the address set by
