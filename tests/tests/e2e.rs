@@ -60,22 +60,16 @@ impl Cluster {
         self.data.join("admin.kubeconfig")
     }
 
-    fn kubectl_raw(&self, args: &[&str], stdin: Option<&str>) -> Output {
+    /// The venv's kubectl with this cluster's kubeconfig.
+    fn kubectl_command(&self) -> Command {
         let venv = std::env::var("COXSWAIN_VENV").unwrap_or_else(|_| "/opt/coxswain/venv".into());
-        let mut child = Command::new(Path::new(&venv).join("bin/kubectl"))
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        if let Some(input) = stdin {
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        }
-        drop(child.stdin.take());
-        child.wait_with_output().expect("kubectl output")
+        let mut cmd = Command::new(Path::new(&venv).join("bin/kubectl"));
+        cmd.arg("--kubeconfig").arg(self.kubeconfig());
+        cmd
+    }
+
+    fn kubectl_raw(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        run(self.kubectl_command().args(args), stdin)
     }
 
     /// kubectl; asserts success, returns stdout.
@@ -261,16 +255,28 @@ impl Cluster {
              then ok=$((ok+1)); else fail=$((fail+1)); echo \"request $i failed\"; fi; sleep 0.05; done; \
              echo \"ok=$ok fail=$fail\""
         );
-        let venv = std::env::var("COXSWAIN_VENV").unwrap_or_else(|_| "/opt/coxswain/venv".into());
-        Command::new(Path::new(&venv).join("bin/kubectl"))
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
+        self.kubectl_command()
             .args(["exec", "-n", namespace, pod, "--", "sh", "-c", &script])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the request loop")
     }
+}
+
+/// Runs `cmd` to the end with `stdin` as its input; its output.
+fn run(cmd: &mut Command, stdin: Option<&str>) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("failed to run {:?}: {e}", cmd.get_program()));
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("command output")
 }
 
 /// Returns the loop's output; asserts it ran to the end with no failure.
@@ -729,19 +735,12 @@ spec:
 impl Cluster {
     /// `coxctl` (built beside the tests) against this cluster.
     fn coxctl(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(coxswain_tests::workspace_bin("coxctl"))
-            .env("KUBECONFIG", self.kubeconfig())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run coxctl");
-        if let Some(input) = stdin {
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        }
-        drop(child.stdin.take());
-        child.wait_with_output().expect("coxctl output")
+        run(
+            Command::new(coxswain_tests::workspace_bin("coxctl"))
+                .env("KUBECONFIG", self.kubeconfig())
+                .args(args),
+            stdin,
+        )
     }
 
     fn coxctl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {

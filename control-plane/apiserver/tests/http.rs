@@ -949,3 +949,51 @@ async fn discovery_version_health_and_metrics() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_apply_writes_nothing_and_secret_string_data_becomes_data() -> Result<()> {
+    let store = StoreHandle::open(Backend::Embedded).await?;
+    let server = TestServer::start(store.store.clone()).await?;
+    let http = Http::new(&server);
+    let apply = |body: &'static str| {
+        let http = &http;
+        async move {
+            http.request(
+                "PATCH",
+                &format!("{CMS}/applied?fieldManager=me"),
+                &[("content-type", "application/apply-patch+yaml")],
+                body,
+            )
+            .await
+        }
+    };
+    let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: applied}\ndata: {k: v}\n";
+    let first = apply(manifest).await?;
+    ensure!(first.status == 201, "{:?}", first.body);
+    let rv = first.json()["metadata"]["resourceVersion"].clone();
+    let before = store.store.current_revision().await?;
+    let again = apply(manifest).await?;
+    ensure!(again.status == 200, "{:?}", again.body);
+    ensure!(again.json()["metadata"]["resourceVersion"] == rv, "an identical apply must not write");
+    ensure!(store.store.current_revision().await? == before);
+    // A real change is written, and its managedFields entry is refreshed.
+    let changed = apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: applied}\ndata: {k: w}\n").await?;
+    ensure!(changed.json()["data"]["k"] == "w" && changed.json()["metadata"]["resourceVersion"] != rv);
+
+    // Secrets: stringData is merged into data (base64), its keys winning, and not stored.
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+        "data": {"a": "b2xk", "b": "Yg=="}, "stringData": {"a": "new", "c": "plain text"}
+    });
+    let created = http.post_json("/api/v1/namespaces/default/secrets", &secret).await?;
+    ensure!(created.status == 201, "{:?}", created.body);
+    let stored = http.get("/api/v1/namespaces/default/secrets/s").await?.json();
+    ensure!(stored["data"] == json!({"a": "bmV3", "b": "Yg==", "c": "cGxhaW4gdGV4dA=="}), "{stored}");
+    ensure!(stored.get("stringData").is_none(), "{stored}");
+    // Not text: refused, saying why.
+    let bad = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "t"}, "stringData": {"n": 5}});
+    let refused = http.post_json("/api/v1/namespaces/default/secrets", &bad).await?;
+    ensure!(refused.status == 400, "{:?}", refused.body);
+    ensure!(refused.json()["message"].as_str().unwrap_or_default().contains("expected a string"), "{:?}", refused.body);
+    Ok(())
+}

@@ -43,9 +43,30 @@ pub(crate) fn namespace(obj: &mut Value) {
     }
 }
 
-/// Secrets: type Opaque.
+/// Secrets: type Opaque; `stringData` (write-only, plain text) merged into `data` (base64),
+/// its keys winning, as upstream does. (Values that are not strings never get here: the
+/// typed decode refuses them.)
 pub(crate) fn secret(obj: &mut Value) {
+    use base64::Engine;
     set_default(obj, "type", json!("Opaque"));
+    let Some(Value::Object(string_data)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
+    let mut rejected = Map::new();
+    for (key, value) in string_data {
+        match value {
+            Value::String(text) => {
+                child(obj, "data")[key.as_str()] =
+                    json!(base64::engine::general_purpose::STANDARD.encode(text.as_bytes()));
+            }
+            other => {
+                rejected.insert(key, other);
+            }
+        }
+    }
+    if !rejected.is_empty() {
+        obj["stringData"] = Value::Object(rejected);
+    }
 }
 
 /// Services: type ClusterIP, session affinity, port protocols and target ports, IP family

@@ -54,25 +54,53 @@ fn apply_patch(ty: BodyType, base: &Value, patch: &Value) -> Result<Value> {
     }
 }
 
-/// Records (or refreshes) the `managedFields` entry of an apply by `manager`.
-fn record_apply(obj: &mut Value, manager: &str, api_version: &str, applied: &Value) {
+/// Records (or refreshes) the `managedFields` entry of an apply by `manager`. An apply
+/// that changes nothing (same object as `previous`, same fields owned) keeps the entry as
+/// it was, timestamp included, so that it is a no-op: no write, the same resourceVersion,
+/// no watch event, as upstream.
+fn record_apply(
+    obj: &mut Value,
+    manager: &str,
+    api_version: &str,
+    applied: &Value,
+    previous: Option<&Value>,
+) {
+    let fields = strategic::fields_v1(applied);
+    let is_ours = |e: &Value| e["manager"] == manager && e["operation"] == "Apply";
+    let mut entries: Vec<Value> = obj
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let same_object = previous.is_some_and(|p| without_managed_fields(p) == without_managed_fields(obj));
+    let kept_time = entries
+        .iter()
+        .find(|e| is_ours(e) && e["apiVersion"] == api_version && e["fieldsV1"] == fields)
+        .filter(|_| same_object)
+        .map(|e| e["time"].clone());
     let entry = json!({
         "manager": manager,
         "operation": "Apply",
         "apiVersion": api_version,
-        "time": object::now_rfc3339(),
+        "time": kept_time.unwrap_or_else(|| json!(object::now_rfc3339())),
         "fieldsType": "FieldsV1",
-        "fieldsV1": strategic::fields_v1(applied),
+        "fieldsV1": fields,
     });
-    let meta = meta_mut(obj);
-    let mut entries: Vec<Value> = meta
-        .get("managedFields")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    entries.retain(|e| !(e["manager"] == manager && e["operation"] == "Apply"));
-    entries.push(entry);
-    meta.insert("managedFields".into(), Value::Array(entries));
+    match entries.iter().position(is_ours) {
+        Some(i) => entries[i] = entry,
+        None => entries.push(entry),
+    }
+    meta_mut(obj).insert("managedFields".into(), Value::Array(entries));
+}
+
+/// The object without `metadata.managedFields` and `metadata.resourceVersion`.
+fn without_managed_fields(obj: &Value) -> Value {
+    let mut copy = obj.clone();
+    if let Some(meta) = copy.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+        meta.remove("resourceVersion");
+    }
+    copy
 }
 
 /// `PATCH /.../<resource>/<name>[/status|/scale]`.
@@ -126,7 +154,7 @@ pub(crate) async fn patch(ctx: &Ctx, body: Bytes) -> Result<Response> {
         let (obj, warnings) = ctx.decode_object(patched)?;
         let mut merged = write::merge_update(ctx, &current, obj);
         if ty == BodyType::ApplyPatch {
-            record_apply(&mut merged, &manager, &ctx.rt.api_version(), &patch);
+            record_apply(&mut merged, &manager, &ctx.rt.api_version(), &patch, Some(&current));
         }
         match write::commit_update(ctx, &current, rev, merged).await? {
             Commit::Done(code, stored) => {
@@ -162,7 +190,7 @@ async fn apply_create(ctx: &Ctx, name: &str, applied: &Value, manager: &str) -> 
         }
     }
     let (mut obj, warnings) = ctx.decode_object(obj)?;
-    record_apply(&mut obj, manager, &ctx.rt.api_version(), applied);
+    record_apply(&mut obj, manager, &ctx.rt.api_version(), applied, None);
     let (_, stored) = super::create::create_object(ctx, obj).await?;
     let mut response = json_response(StatusCode::CREATED, &stored);
     add_warnings(&mut response, &warnings);
