@@ -95,6 +95,11 @@ impl Cluster {
         serde_json::from_str(&self.kubectl(&all)).expect("kubectl json")
     }
 
+    /// Node `k`'s address on the node bridge.
+    fn node_ip(&self, k: u8) -> String {
+        format!("10.{}.0.{k}", 250 + self.instance)
+    }
+
     fn netns(&self, k: u8) -> Option<String> {
         let tag = if self.instance == 0 { "cox".to_owned() } else { format!("cox{}", self.instance) };
         (k > 1).then(|| format!("{tag}-node{k}"))
@@ -176,7 +181,7 @@ impl Cluster {
     /// Waits until node `k`'s restarted agent serves its kubelet endpoint
     /// (logs and exec go there).
     fn wait_kubelet(&self, k: u8) {
-        let addr: std::net::SocketAddr = format!("10.{}.0.{k}:10250", 250 + self.instance).parse().unwrap();
+        let addr: std::net::SocketAddr = format!("{}:10250", self.node_ip(k)).parse().unwrap();
         self.wait(&format!("node-{k}'s kubelet endpoint"), Duration::from_secs(60), || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
         });
@@ -211,6 +216,20 @@ impl Cluster {
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && condition(p, "Ready") == Some("True"))
             .cloned()
             .collect()
+    }
+
+    /// Pods of `namespace` matching `selector`, terminating ones included.
+    fn pod_count(&self, namespace: &str, selector: &str) -> usize {
+        self.json(&["get", "pods", "-n", namespace, "-l", selector])["items"].as_array().unwrap().len()
+    }
+
+    /// The `web` Deployment of `replicas` (v1) and its Service, rolled out, and
+    /// a client pod `client` on node `client_node`; the Service's ClusterIP.
+    fn web_with_client(&self, namespace: &str, replicas: u32, client_node: u8) -> String {
+        self.apply(namespace, &web_yaml(replicas, "coxswain.local/demo:v1"));
+        self.rollout(namespace, "web");
+        self.client_pod(namespace, "client", client_node);
+        self.cluster_ip(namespace, "web")
     }
 
     fn cluster_ip(&self, namespace: &str, service: &str) -> String {
@@ -505,7 +524,7 @@ fn docs_examples_answer_from_pods_and_host_and_namespace_deletion_removes_them()
         .parse()
         .expect("a NodePort");
     for k in 1..=c.nodes {
-        let node_ip = format!("10.{}.0.{k}", 250 + c.instance);
+        let node_ip = c.node_ip(k);
         let body = get_from_host(&node_ip, node_port).unwrap_or_else(|e| panic!("NodePort {node_ip}:{node_port} from the host: {e}"));
         assert!(body.starts_with("coxswain demo v1 from nginx-deployment-"), "{body}");
         let body = c
@@ -530,10 +549,7 @@ fn scaling_3_to_10_to_2_drops_no_request() {
     let c = Cluster::from_env();
     let ns = "e2e-scale";
     let _guard = c.create_namespace(ns);
-    c.apply(ns, &web_yaml(3, "coxswain.local/demo:v1"));
-    c.rollout(ns, "web");
-    let ip = c.cluster_ip(ns, "web");
-    c.client_pod(ns, "client", c.nodes);
+    let ip = c.web_with_client(ns, 3, c.nodes);
 
     let requests = c.request_loop(ns, "client", &ip, 80, 400);
     c.kubectl(&["scale", "-n", ns, "deployment/web", "--replicas=10"]);
@@ -544,7 +560,7 @@ fn scaling_3_to_10_to_2_drops_no_request() {
     });
     c.kubectl(&["scale", "-n", ns, "deployment/web", "--replicas=2"]);
     c.wait("2 pods left", Duration::from_secs(120), || {
-        c.json(&["get", "pods", "-n", ns, "-l", "app=web"])["items"].as_array().unwrap().len() == 2
+        c.pod_count(ns, "app=web") == 2
     });
     let summary = assert_no_failed_request(requests, "scaling 3 -> 10 -> 2");
     eprintln!("scaling: {summary}");
@@ -569,10 +585,7 @@ fn rolling_update_and_undo_drop_no_request() {
     let c = Cluster::from_env();
     let ns = "e2e-rollout";
     let _guard = c.create_namespace(ns);
-    c.apply(ns, &web_yaml(3, "coxswain.local/demo:v1"));
-    c.rollout(ns, "web");
-    let ip = c.cluster_ip(ns, "web");
-    c.client_pod(ns, "client", 1);
+    let ip = c.web_with_client(ns, 3, 1);
 
     let requests = c.request_loop(ns, "client", &ip, 80, 500);
     c.kubectl(&["set", "image", "-n", ns, "deployment/web", "httpd=coxswain.local/demo:v2"]);
@@ -608,10 +621,7 @@ fn a_dead_node_agent_makes_its_node_not_ready_and_its_pods_move() {
     let ns = "e2e-node-down";
     let _guard = c.create_namespace(ns);
     let victim = c.nodes;
-    c.apply(ns, &web_yaml(4, "coxswain.local/demo:v1"));
-    c.rollout(ns, "web");
-    let ip = c.cluster_ip(ns, "web");
-    c.client_pod(ns, "client", 1);
+    let ip = c.web_with_client(ns, 4, 1);
     // Make sure the victim runs some of them (the scheduler spreads pods).
     let on_victim = |c: &Cluster| -> usize {
         c.ready_pods(ns, "app=web").iter().filter(|p| p["spec"]["nodeName"] == format!("node-{victim}")).count()
@@ -637,7 +647,7 @@ fn a_dead_node_agent_makes_its_node_not_ready_and_its_pods_move() {
     });
     // Its old pods, evicted while it was away, are cleaned up.
     c.wait("the evicted pods gone", Duration::from_secs(90), || {
-        c.json(&["get", "pods", "-n", ns, "-l", "app=web"])["items"].as_array().unwrap().len() == 4
+        c.pod_count(ns, "app=web") == 4
     });
 }
 
@@ -802,7 +812,7 @@ fn coxctl_drives_the_workflow_and_shows_the_dataplane() {
     // its 3 backends.
     let ip = c.cluster_ip(ns, "web");
     for k in 1..=c.nodes {
-        let agent = format!("http://10.{}.0.{k}:10249", 250 + c.instance);
+        let agent = format!("http://{}:10249", c.node_ip(k));
         c.wait(&format!("web in node-{k}'s maps"), Duration::from_secs(30), || {
             let out = c.coxctl(&["dataplane", "--agent", &agent, "-o", "json", "services"], None);
             let services: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
