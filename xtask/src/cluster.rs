@@ -627,7 +627,7 @@ fn start_etcd(layout: &Layout) -> Result<String> {
 }
 
 fn start_control_plane(layout: &Layout, bins: &Path, etcd: Option<&str>, grace: &str) -> Result<()> {
-    step("up", format!("starting the control plane on http://{} (log: {})", layout.api_addr(), layout.log_dir().join("control-plane.log").display()));
+    step("up", format!("starting the control plane on https://{} (log: {})", layout.api_addr(), layout.log_dir().join("control-plane.log").display()));
     let _ = std::fs::remove_file(layout.kubeconfig());
     let mut cmd = Command::new(bins.join("coxswain-control-plane"));
     cmd.arg("--data-dir")
@@ -641,10 +641,36 @@ fn start_control_plane(layout: &Layout, bins: &Path, etcd: Option<&str>, grace: 
         cmd.args(["--etcd-endpoints", endpoints]);
     }
     spawn(layout, "control-plane", &mut cmd)?;
-    let api = layout.api_addr();
     wait(layout, "control-plane", "the API server ready", Duration::from_secs(60), || {
-        layout.kubeconfig().exists() && http_get(&api, "/readyz").is_ok()
+        layout.kubeconfig().exists()
+            && probe(kubectl(layout).args(["get", "--raw", "/readyz"])).is_some_and(|b| b.trim() == "ok")
     })
+}
+
+fn node_kubeconfig_path(layout: &Layout, k: u8) -> PathBuf {
+    layout.node_dir(k).join("kubelet.kubeconfig")
+}
+
+/// Gives node `k` its own identity: a kubeconfig with a client certificate for
+/// `system:node:<name>` in `system:nodes`, signed by the cluster CA.
+fn write_node_kubeconfig(layout: &Layout, k: u8, bins: &Path) -> Result<()> {
+    let path = node_kubeconfig_path(layout, k);
+    std::fs::create_dir_all(layout.node_dir(k))?;
+    let out = Command::new(bins.join("coxswain-control-plane"))
+        .arg("--data-dir")
+        .arg(&layout.data)
+        .arg("kubeconfig")
+        .args(["--user", &format!("system:node:{}", layout.node_name(k))])
+        .args(["--group", "system:nodes"])
+        .args(["--server", &format!("https://{}", layout.api_addr())])
+        .arg("--output")
+        .arg(&path)
+        .output()
+        .context("run coxswain-control-plane kubeconfig")?;
+    if !out.status.success() {
+        bail!("issuing {}'s credentials failed: {}", layout.node_name(k), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }
 
 fn agent_command(layout: &Layout, k: u8, bins: &Path) -> Command {
@@ -652,7 +678,7 @@ fn agent_command(layout: &Layout, k: u8, bins: &Path) -> Command {
     let mut cmd = in_node(layout, k, bins.join("coxswain-node-agent"));
     cmd.arg("--kubelet")
         .arg("--kubeconfig")
-        .arg(layout.kubeconfig())
+        .arg(node_kubeconfig_path(layout, k))
         .args(["--node-name", &layout.node_name(k), "--node-ip", &layout.node_ip(k)])
         .args(["--pod-cidr", &layout.pod_cidr(k), "--cni-bridge", &layout.pod_bridge()])
         .arg("--kubelet-root-dir")
@@ -669,6 +695,7 @@ fn agent_command(layout: &Layout, k: u8, bins: &Path) -> Command {
 fn start_agent(layout: &Layout, k: u8, bins: &Path, object: &Path, mode: ProxyMode) -> Result<()> {
     let name = format!("agent-{k}");
     step("up", format!("starting {} ({}, pods {}) with containerd (log: {})", layout.node_name(k), layout.node_ip(k), layout.pod_cidr(k), layout.log_dir().join(format!("{name}.log")).display()));
+    write_node_kubeconfig(layout, k, bins)?;
     let mut cmd = agent_command(layout, k, bins);
     cmd.arg("--image-preload-dir")
         .arg(layout.data.join("images"))

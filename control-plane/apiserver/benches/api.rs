@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use coxswain_apiserver::{ApiServer, ServerConfig};
+use coxswain_apiserver::{ApiServer, Security, ServerConfig, SubjectNames};
 use coxswain_store::{EmbeddedConfig, EmbeddedStore, EtcdConfig, EtcdStore, Store};
 use coxswain_testkit::EtcdCluster;
 use http_body_util::{BodyExt, Full};
@@ -57,7 +57,7 @@ impl Plan {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 #[derive(Clone)]
 struct Api {
@@ -189,25 +189,53 @@ async fn read_watch(
     Ok(())
 }
 
+/// The TLS client configuration of the cluster admin: HTTPS with a client certificate is
+/// what every real client pays, so the figures include it.
+fn admin_tls(security: &Security) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let issued = security
+        .ca()
+        .issue(&coxswain_auth::pki::CertRequest::client("kubernetes-admin", &["system:masters"]))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(security.ca().cert_der().clone())?;
+    let certs = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())?;
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?)
+}
+
 async fn bench_backend(backend: &str, store: Arc<dyn Store>, plan: Plan) -> Result<()> {
     let config = ServerConfig {
         bookmark_interval: Duration::from_secs(3600),
         ..ServerConfig::default()
     };
-    let server = ApiServer::new(store, config).await?;
+    let pki = tempfile::tempdir()?;
+    let security = Security::load_or_create(pki.path(), SubjectNames::loopback(None))?;
+    let tls = admin_tls(&security)?;
+    let server = ApiServer::new(store, config, security).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(listener, async {
         let _ = stopped.await;
     }));
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
     let api = Api {
         client: Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(2048)
             .build(connector),
-        base: format!("http://{addr}"),
+        base: format!("https://{addr}"),
     };
     let n = plan.objects;
 

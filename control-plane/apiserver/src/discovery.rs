@@ -29,6 +29,9 @@ fn wants_aggregated(headers: &HeaderMap) -> bool {
 }
 
 fn verbs(rt: &ResourceType) -> Vec<&'static str> {
+    if rt.create_only {
+        return vec!["create"];
+    }
     let mut v = vec!["create", "delete"];
     if rt.kind != "Namespace" {
         v.push("deletecollection");
@@ -39,7 +42,7 @@ fn verbs(rt: &ResourceType) -> Vec<&'static str> {
 
 fn sub_verbs(sub: Subresource) -> Vec<&'static str> {
     match sub {
-        Subresource::Binding => vec!["create"],
+        Subresource::Binding | Subresource::Token => vec!["create"],
         Subresource::Status | Subresource::Scale => vec!["get", "patch", "update"],
     }
 }
@@ -48,6 +51,7 @@ fn sub_kind(rt: &ResourceType, sub: Subresource) -> (&'static str, &'static str,
     match sub {
         Subresource::Scale => ("autoscaling", "v1", "Scale"),
         Subresource::Binding => ("", "v1", "Binding"),
+        Subresource::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
         Subresource::Status => (rt.group, rt.version, rt.kind),
     }
 }
@@ -71,7 +75,7 @@ fn api_resources(rt: &ResourceType) -> Vec<Value> {
             "kind": kind,
             "verbs": sub_verbs(*sub),
         });
-        if *sub == Subresource::Scale {
+        if matches!(*sub, Subresource::Scale | Subresource::Token) {
             r["group"] = json!(group);
             r["version"] = json!(version);
         }

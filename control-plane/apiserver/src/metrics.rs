@@ -33,6 +33,11 @@ struct LatencyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WatchLabels {
     group: String,
     resource: String,
@@ -49,6 +54,10 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     watchers: Family<WatchLabels, Gauge>,
+    authentication: Family<ResultLabels, Counter>,
+    authorization: Family<ResultLabels, Counter>,
+    tls_handshake_failures: Counter,
+    rbac_rebuilds: Counter,
 }
 
 impl Metrics {
@@ -74,11 +83,39 @@ impl Metrics {
             "Open watches, by group and resource",
             watchers.clone(),
         );
+        let authentication = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "authentication_attempts",
+            "Requests by how they authenticated: certificate, token, bootstrap_token, anonymous, or failure",
+            authentication.clone(),
+        );
+        let authorization = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "authorization_decisions",
+            "Authorization decisions: allowed or forbidden",
+            authorization.clone(),
+        );
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out (untrusted client certificates included)",
+            tls_handshake_failures.clone(),
+        );
+        let rbac_rebuilds = Counter::default();
+        registry.register(
+            "rbac_policy_rebuilds",
+            "Times the RBAC snapshot was rebuilt from the store",
+            rbac_rebuilds.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             watchers,
+            authentication,
+            authorization,
+            tls_handshake_failures,
+            rbac_rebuilds,
         }
     }
 
@@ -89,6 +126,34 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Counts a request's authentication outcome.
+    pub(crate) fn authenticated(&self, result: &str) {
+        self.authentication
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an authorization decision.
+    pub(crate) fn authorized(&self, allowed: bool) {
+        self.authorization
+            .get_or_create(&ResultLabels {
+                result: if allowed { "allowed" } else { "forbidden" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The counter of failed TLS handshakes (shared with connection tasks).
+    pub(crate) fn tls_handshake_failures(&self) -> Counter {
+        self.tls_handshake_failures.clone()
+    }
+
+    /// Counts a rebuild of the RBAC snapshot.
+    pub(crate) fn rbac_rebuilt(&self) {
+        self.rbac_rebuilds.inc();
     }
 
     /// Counts an open watch until the returned guard is dropped.

@@ -19,7 +19,7 @@ use crate::storage;
 pub const BUILTIN_NAMESPACES: [&str; 4] =
     ["default", "kube-system", "kube-public", "kube-node-lease"];
 
-fn ctx(state: &Arc<ApiState>, group: &str, plural: &str, namespace: Option<&str>) -> Result<Ctx> {
+pub(crate) fn ctx(state: &Arc<ApiState>, group: &str, plural: &str, namespace: Option<&str>) -> Result<Ctx> {
     let rt = state
         .registry
         .lookup(group, "v1", plural)

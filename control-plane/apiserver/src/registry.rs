@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, rbac, scheduling};
+use k8s_openapi::api::{
+    apps, authentication, authorization, batch, coordination, core, discovery, rbac, scheduling,
+};
 use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
 use serde::Serialize;
@@ -23,6 +25,8 @@ pub enum Subresource {
     Scale,
     /// `/binding` (pods): assigns `.spec.nodeName` once.
     Binding,
+    /// `/token` (serviceaccounts): `create` issues a token (TokenRequest).
+    Token,
 }
 
 impl Subresource {
@@ -32,6 +36,7 @@ impl Subresource {
             Subresource::Status => "status",
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
+            Subresource::Token => "token",
         }
     }
 }
@@ -83,6 +88,8 @@ pub struct ResourceType {
     pub(crate) defaults: fn(&mut Value),
     /// Kind-specific validation.
     pub(crate) validate: ValidateFn,
+    /// A review kind: only `create`, answered and never stored (`SelfSubjectAccessReview`).
+    pub create_only: bool,
     /// Table columns and cells for `kubectl get`.
     pub(crate) table: &'static TableSpec,
     /// Adds the kind's JSON schema (and those it refers to) to an OpenAPI generator.
@@ -166,6 +173,7 @@ struct Row {
     defaults: fn(&mut Value),
     validate: ValidateFn,
     table: &'static TableSpec,
+    create_only: bool,
 }
 
 const ROW: Row = Row {
@@ -178,6 +186,7 @@ const ROW: Row = Row {
     defaults: defaults::none,
     validate: validation::none,
     table: &table::DEFAULT,
+    create_only: false,
 };
 
 fn kind<T>(row: Row) -> ResourceType
@@ -201,11 +210,12 @@ where
         defaults: row.defaults,
         validate: row.validate,
         table: row.table,
+        create_only: row.create_only,
         schema: |generator| generator.subschema_for::<T>(),
     }
 }
 
-use Subresource::{Binding, Scale, Status};
+use Subresource::{Binding, Scale, Status, Token};
 
 const ALL: &[&str] = &["all"];
 
@@ -277,6 +287,7 @@ fn builtin() -> Vec<ResourceType> {
         kind::<core::v1::ServiceAccount>(Row {
             singular: "serviceaccount",
             short_names: &["sa"],
+            subresources: &[Token],
             table: &table::SERVICE_ACCOUNTS,
             ..ROW
         }),
@@ -404,6 +415,36 @@ fn builtin() -> Vec<ResourceType> {
             singular: "clusterrolebinding",
             name_rule: NameRule::PathSegment,
             table: &table::ROLE_BINDINGS,
+            ..ROW
+        }),
+        kind::<authentication::v1::TokenReview>(Row {
+            singular: "tokenreview",
+            create_only: true,
+            ..ROW
+        }),
+        kind::<authentication::v1::SelfSubjectReview>(Row {
+            singular: "selfsubjectreview",
+            create_only: true,
+            ..ROW
+        }),
+        kind::<authorization::v1::SelfSubjectAccessReview>(Row {
+            singular: "selfsubjectaccessreview",
+            create_only: true,
+            ..ROW
+        }),
+        kind::<authorization::v1::SelfSubjectRulesReview>(Row {
+            singular: "selfsubjectrulesreview",
+            create_only: true,
+            ..ROW
+        }),
+        kind::<authorization::v1::SubjectAccessReview>(Row {
+            singular: "subjectaccessreview",
+            create_only: true,
+            ..ROW
+        }),
+        kind::<authorization::v1::LocalSubjectAccessReview>(Row {
+            singular: "localsubjectaccessreview",
+            create_only: true,
             ..ROW
         }),
     ]

@@ -21,6 +21,8 @@ use crate::allocator::{Allocator, Ipv4Cidr};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::status::ApiError;
+use crate::security::authz::Authorizer;
+use crate::security::{self, Security};
 use crate::watch_cache::{CacheConfig, WatchCaches};
 use crate::{discovery, handlers, namespaces, openapi, request_info};
 
@@ -33,9 +35,12 @@ pub enum Error {
     /// A configuration value is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The built-in objects (namespaces) could not be created.
-    #[error("failed to bootstrap the cluster's built-in namespaces: {0}")]
+    /// The built-in objects (namespaces, default RBAC policy) could not be created.
+    #[error("failed to bootstrap the cluster's built-in objects: {0}")]
     Bootstrap(#[source] ApiError),
+    /// TLS could not be set up.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// How the API server behaves.
@@ -81,6 +86,8 @@ pub(crate) struct ApiState {
     pub allocator: Allocator,
     pub metrics: Metrics,
     pub shutdown: watch::Receiver<bool>,
+    pub security: Arc<Security>,
+    pub authorizer: Authorizer,
 }
 
 /// The Kubernetes API server over a store.
@@ -91,8 +98,13 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Builds the server over `store` and creates the built-in namespaces if missing.
-    pub async fn new(store: Arc<dyn Store>, config: ServerConfig) -> Result<ApiServer, Error> {
+    /// Builds the server over `store` with the front door `security`, and creates the
+    /// built-in namespaces and the default RBAC policy if missing.
+    pub async fn new(
+        store: Arc<dyn Store>,
+        config: ServerConfig,
+        security: Security,
+    ) -> Result<ApiServer, Error> {
         let cidr: Ipv4Cidr = config.service_cidr.parse().map_err(Error::Config)?;
         if config.node_ports.0 > config.node_ports.1 {
             return Err(Error::Config("the node port range is empty".to_owned()));
@@ -113,18 +125,24 @@ impl ApiServer {
             config,
             metrics: Metrics::new(),
             shutdown: shutdown_rx,
+            security: Arc::new(security),
+            authorizer: Authorizer::default(),
         });
         namespaces::bootstrap(&state)
             .await
             .map_err(Error::Bootstrap)?;
+        security::bootstrap::ensure_default_policy(&state)
+            .await
+            .map_err(Error::Bootstrap)?;
+        Authorizer::spawn_watch(state.clone());
         Ok(ApiServer { state, shutdown })
     }
 
     /// The HTTP service. Layers, outermost first: request info (parses what the request is
-    /// about into a `RequestInfo` extension), metrics, then the routes. Authentication,
-    /// authorization and admission will be layers between request info and metrics, each
-    /// reading `RequestInfo`.
-    pub fn router(&self) -> Router {
+    /// about into a `RequestInfo` extension), metrics, authentication (a `UserInfo`
+    /// extension or 401), authorization (403 unless allowed), then the routes, whose
+    /// handlers run admission (namespace lifecycle, defaulting, validation) before writing.
+    fn router(&self) -> Router {
         let state = self.state.clone();
         let not_allowed = || async { ApiError::MethodNotAllowed };
         Router::new()
@@ -133,6 +151,18 @@ impl ApiServer {
             .route("/livez", get(health).fallback(not_allowed))
             .route("/readyz", get(health).fallback(not_allowed))
             .route("/metrics", get(metrics).fallback(not_allowed))
+            .route(
+                "/.well-known/openid-configuration",
+                get(|State(state): State<Arc<ApiState>>| async move {
+                    security::tokens::openid_configuration(&state)
+                })
+                .fallback(not_allowed),
+            )
+            .route(
+                "/openid/v1/jwks",
+                get(|State(state): State<Arc<ApiState>>| async move { security::tokens::jwks(&state) })
+                    .fallback(not_allowed),
+            )
             .route("/api", get(discovery::api).fallback(not_allowed))
             .route("/apis", get(discovery::apis).fallback(not_allowed))
             .route("/openapi/v2", get(openapi::v2).fallback(not_allowed))
@@ -143,27 +173,51 @@ impl ApiServer {
             )
             .fallback(handlers::dispatch)
             .with_state(state.clone())
+            .layer(middleware::from_fn_with_state(state.clone(), security::authz::layer))
+            .layer(middleware::from_fn_with_state(state.clone(), security::authn::layer))
             .layer(middleware::from_fn_with_state(state, crate::metrics::layer))
             .layer(middleware::from_fn(request_info::layer))
     }
 
-    /// Serves on `listener` until `shutdown` completes, then ends open watches and returns
-    /// once in-flight requests have finished.
+    /// Serves HTTPS on `listener` until `shutdown` completes, then ends open watches and
+    /// returns once in-flight requests have finished.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let addr: Option<SocketAddr> = listener.local_addr().ok();
-        info!(?addr, "API server serving");
+        let config = security::tls::server_config(&self.state.security)
+            .map_err(std::io::Error::other)?;
+        info!(?addr, "API server serving HTTPS");
         let router = self.router();
         let stop = self.shutdown.clone();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
+        security::tls::serve(
+            listener,
+            config,
+            router,
+            self.state.metrics.tls_handshake_failures(),
+            async move {
                 shutdown.await;
                 let _ = stop.send(true);
-            })
-            .await
+            },
+        )
+        .await
+    }
+
+    /// A kubeconfig for the cluster admin (`kubernetes-admin` in `system:masters`) with a
+    /// fresh client certificate, for a server reached at `url`.
+    pub fn admin_kubeconfig(&self, url: &str) -> Result<String, coxswain_auth::pki::PkiError> {
+        use coxswain_auth::authn::SYSTEM_MASTERS;
+        use coxswain_auth::policy::ADMIN_USER;
+        self.state
+            .security
+            .kubeconfig(url, ADMIN_USER, &[SYSTEM_MASTERS])
+    }
+
+    /// The front door's certificates and tokens (renewal, kubeconfigs), shared.
+    pub fn security_handle(&self) -> Arc<Security> {
+        self.state.security.clone()
     }
 
     /// Ends every open watch (as shutdown does), without stopping the server.
@@ -204,20 +258,4 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
-}
-
-/// The kubeconfig of the cluster admin for a server at `server_url` (no credentials yet).
-pub fn admin_kubeconfig(server_url: &str) -> String {
-    format!(
-        "apiVersion: v1\n\
-         kind: Config\n\
-         clusters:\n\
-         - name: coxswain\n  cluster:\n    server: {server_url}\n\
-         contexts:\n\
-         - name: coxswain-admin\n  context:\n    cluster: coxswain\n    user: admin\n    namespace: default\n\
-         current-context: coxswain-admin\n\
-         users:\n\
-         - name: admin\n  user: {{}}\n\
-         preferences: {{}}\n"
-    )
 }

@@ -110,6 +110,9 @@ pub enum ApiError {
     /// The object does not exist (404 NotFound).
     #[error("{} \"{}\" not found", .0.qualified(), .0.name)]
     NotFound(Target),
+    /// The request carries no valid credentials (401 Unauthorized).
+    #[error("Unauthorized")]
+    Unauthorized,
     /// The URL names no resource or endpoint this server has (404 NotFound).
     #[error("the server could not find the requested resource")]
     NoSuchResource,
@@ -190,6 +193,7 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) | ApiError::NoSuchResource => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::AlreadyExists(_) | ApiError::Conflict(..) => StatusCode::CONFLICT,
@@ -208,6 +212,7 @@ impl ApiError {
     pub fn reason(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "BadRequest",
+            ApiError::Unauthorized => "Unauthorized",
             ApiError::NotFound(_) | ApiError::NoSuchResource => "NotFound",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::AlreadyExists(_) => "AlreadyExists",

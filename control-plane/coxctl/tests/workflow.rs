@@ -1147,8 +1147,8 @@ async fn kubeconfig_context_and_namespace_selection() -> Result<()> {
 
     // $KUBECONFIG, with a context whose namespace is `team`.
     let text = std::fs::read_to_string(cluster.kubeconfig_path())?
-        .replace("current-context: coxswain-admin", "current-context: team")
-        .replace("contexts:\n", "contexts:\n- name: team\n  context:\n    cluster: coxswain\n    user: admin\n    namespace: team\n");
+        .replace("current-context: \"kubernetes-admin@coxswain\"", "current-context: team")
+        .replace("contexts:\n", "contexts:\n- name: team\n  context:\n    cluster: coxswain\n    user: \"kubernetes-admin\"\n    namespace: team\n");
     let kubeconfig = env.write("team.kubeconfig", &text)?;
     let run_env = |args: &[&str]| {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_coxctl"));
@@ -1183,7 +1183,7 @@ async fn kubeconfig_context_and_namespace_selection() -> Result<()> {
             .await?
             .is_some()
     );
-    let args = ["get", "cm", "-o", "name", "--context", "coxswain-admin"];
+    let args = ["get", "cm", "-o", "name", "--context", "kubernetes-admin@coxswain"];
     let run = output(run_env(&args), &args).await?.ok()?;
     assert!(
         run.stdout.contains("configmap/in-default\n") && !run.stdout.contains("in-team"),

@@ -1,5 +1,6 @@
-//! `coxswain-control-plane`: the control plane binary. It runs the API server over the
-//! embedded store (or etcd), writes the admin kubeconfig once serving, then runs the
+//! `coxswain-control-plane`: the control plane binary. It creates the cluster CA at first
+//! start (`DATA/pki`), serves the API over HTTPS only, over the embedded store (or etcd),
+//! writes the admin kubeconfig (a `system:masters` client certificate) once serving, then runs the
 //! controller-manager (under the `kube-controller-manager` Lease) and the scheduler (under
 //! the `kube-scheduler` Lease) as clients of that API server, and stops gracefully on
 //! SIGTERM or Ctrl-C: the components stop and release their Leases before the server stops.
@@ -11,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use coxswain_apiserver::{ApiServer, ServerConfig, admin_kubeconfig};
+use coxswain_apiserver::{ApiServer, Security, ServerConfig, SubjectNames};
+use coxswain_auth::authn::{SYSTEM_MASTERS, TokenFile};
+use coxswain_auth::policy::{ADMIN_USER, CONTROLLER_MANAGER_USER, SCHEDULER_USER};
 use coxswain_controllers::{Config as ControllerConfig, Context as ControllerContext};
 use coxswain_runtime::leader::{LeaderConfig, default_identity};
 use coxswain_scheduler::{Scheduler, SchedulerConfig};
@@ -27,9 +30,16 @@ struct Args {
     /// Where the embedded store and the admin kubeconfig live.
     #[arg(long, env = "COXSWAIN_DATA_DIR", default_value = "/var/lib/coxswain")]
     data_dir: PathBuf,
-    /// Address the API server listens on (plain HTTP; keep it on loopback).
+    /// Address the API server listens on (HTTPS).
     #[arg(long, env = "COXSWAIN_LISTEN", default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
+    /// Extra names (DNS names or addresses) for the serving certificate, besides loopback,
+    /// the listen address and the `kubernetes` Service's names; repeatable.
+    #[arg(long = "tls-san", value_delimiter = ',')]
+    tls_sans: Vec<String>,
+    /// Static bearer tokens: CSV lines `token,user,uid[,"group1,group2"]`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
     /// etcd client URLs, comma-separated; without them the embedded store is used.
     #[arg(long, env = "COXSWAIN_ETCD_ENDPOINTS", value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
@@ -67,6 +77,29 @@ struct Args {
     /// Where the controller-manager's and the scheduler's `/metrics` are served.
     #[arg(long, default_value = "127.0.0.1:10257")]
     components_metrics_listen: SocketAddr,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Prints a kubeconfig for a user with a fresh client certificate signed by the cluster
+    /// CA in `DATA/pki` (as `kubeadm kubeconfig user`), e.g. a node's
+    /// `--user system:node:n2 --group system:nodes`.
+    Kubeconfig {
+        /// The user name (the certificate's CN).
+        #[arg(long)]
+        user: String,
+        /// Groups (the certificate's O), at most 2.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// The API server URL the kubeconfig points at.
+        #[arg(long)]
+        server: String,
+        /// Write here (mode 0600) instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// Parses `40s`, `500ms`, `2m`, `1h` or a bare number of seconds.
@@ -87,19 +120,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
 }
 
-/// The client a control-plane component uses to reach the API server. One function per
-/// process so that each component can be given its own identity (client certificate,
-/// token) once the API server authenticates; today it is plain HTTP on the listen address.
-fn component_client(addr: SocketAddr, component: &str) -> Result<kube::Client> {
-    let url = format!("http://{addr}");
-    let mut config = kube::Config::new(
-        url.parse()
-            .with_context(|| format!("the API server URL {url} for {component}"))?,
-    );
+/// The client a control-plane component uses to reach the API server: its own identity (a
+/// client certificate for `user`, issued at each start and never written to disk).
+async fn component_client(security: &Security, url: &str, user: &str) -> Result<kube::Client> {
+    let text = security
+        .kubeconfig(url, user, &[])
+        .with_context(|| format!("issue the client certificate of {user}"))?;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)
+        .with_context(|| format!("read the kubeconfig of {user}"))?;
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .with_context(|| format!("the client configuration of {user}"))?;
     config.default_namespace = "default".to_owned();
     // Watches stay open for minutes; the API server ends them itself.
     config.read_timeout = Some(Duration::from_secs(330));
-    kube::Client::try_from(config).with_context(|| format!("build the API client of {component}"))
+    kube::Client::try_from(config).with_context(|| format!("build the API client of {user}"))
 }
 
 /// Metrics of the components: the controller-manager's registry, and the scheduler's, which
@@ -220,9 +258,101 @@ async fn shutdown_signal() {
     }
 }
 
+/// The names the serving certificate covers: loopback, the `kubernetes` Service (its
+/// ClusterIP is the first address of the service CIDR), the listen address and `--tls-san`.
+fn subject_names(args: &Args) -> Result<SubjectNames> {
+    let (base, _) = args
+        .service_cidr
+        .split_once('/')
+        .with_context(|| format!("--service-cidr {:?} is not a CIDR", args.service_cidr))?;
+    let base: std::net::Ipv4Addr = base
+        .parse()
+        .with_context(|| format!("--service-cidr {:?} is not an IPv4 CIDR", args.service_cidr))?;
+    let first = std::net::Ipv4Addr::from(u32::from(base) + 1);
+    let mut names = SubjectNames::loopback(Some(first.into()));
+    let listen = args.listen.ip().to_string();
+    names.extend(std::iter::once(listen.as_str()));
+    names.extend(args.tls_sans.iter().map(String::as_str));
+    Ok(names)
+}
+
+fn pki_dir(args: &Args) -> PathBuf {
+    args.data_dir.join("pki")
+}
+
+/// Writes a file only its owner can read (it holds a private key).
+fn write_private(path: &std::path::Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("write {}", tmp.display()))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
+}
+
+fn issue_kubeconfig(args: &Args, user: &str, groups: &[String], server: &str, output: Option<&PathBuf>) -> Result<()> {
+    let ca_dir = pki_dir(args);
+    if !ca_dir.join("ca.crt").exists() {
+        anyhow::bail!(
+            "no cluster CA in {}: start the control plane with --data-dir {} first",
+            ca_dir.display(),
+            args.data_dir.display()
+        );
+    }
+    let ca = coxswain_auth::pki::CertificateAuthority::load_or_create(&ca_dir)
+        .context("load the cluster CA")?;
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let issued = ca
+        .issue(&coxswain_auth::pki::CertRequest::client(user, &groups))
+        .context("--group")?;
+    let text = coxswain_auth::kubeconfig::render(
+        server,
+        ca.cert_pem(),
+        user,
+        &coxswain_auth::kubeconfig::Credential::ClientCertificate {
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+        },
+    );
+    match output {
+        Some(path) => write_private(path, &text),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+/// Checks the serving certificate every hour and renews it when less than 30% of its
+/// lifetime is left; new connections get the new certificate.
+fn spawn_renewal(security: Arc<Security>, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            }
+            if let Err(e) = security.renew_if_due() {
+                error!(error = %e, "renewing the serving certificate failed; retrying in an hour");
+            }
+        }
+    });
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(Command::Kubeconfig { user, groups, server, output }) = &args.command {
+        return issue_kubeconfig(&args, user, groups, server, output.as_ref());
+    }
     init_logging(args.log_json);
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create the data directory {}", args.data_dir.display()))?;
@@ -232,13 +362,22 @@ async fn main() -> Result<()> {
         // Store keys already start with /registry/, so the etcd prefix is the root.
         StoreConfig::Etcd(EtcdConfig::new(args.etcd_endpoints.clone()).prefix("/"))
     };
+    let mut security = Security::load_or_create(&pki_dir(&args), subject_names(&args)?)
+        .context("set up the cluster PKI")?;
+    if let Some(path) = &args.token_auth_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read --token-auth-file {}", path.display()))?;
+        security.tokens = TokenFile::parse(&text)
+            .map_err(|e| anyhow::anyhow!("--token-auth-file {}: {e}", path.display()))?;
+    }
+    info!(ca_hash = %security.ca().public_key_hash(), "cluster CA");
     let store = store_config.open().await.context("open the store")?;
     let _compactor = Compactor::spawn(Arc::clone(&store), CompactorConfig::default());
     let config = ServerConfig {
         service_cidr: args.service_cidr.clone(),
         ..ServerConfig::default()
     };
-    let server = ApiServer::new(store, config)
+    let server = ApiServer::new(store, config, security)
         .await
         .context("start the API server")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -247,9 +386,13 @@ async fn main() -> Result<()> {
     let addr = listener
         .local_addr()
         .context("read the listening address")?;
+    let url = format!("https://{addr}");
+    let security = server.security_handle();
     let kubeconfig = args.data_dir.join("admin.kubeconfig");
-    std::fs::write(&kubeconfig, admin_kubeconfig(&format!("http://{addr}")))
-        .with_context(|| format!("write {}", kubeconfig.display()))?;
+    let admin = security
+        .kubeconfig(&url, ADMIN_USER, &[SYSTEM_MASTERS])
+        .context("issue the admin client certificate")?;
+    write_private(&kubeconfig, &admin)?;
     info!(%addr, kubeconfig = %kubeconfig.display(), "serving the Kubernetes API");
     let enabled = coxswain_controllers::enabled_controllers(std::slice::from_ref(&args.controllers))
         .context("--controllers")?;
@@ -265,10 +408,11 @@ async fn main() -> Result<()> {
             .await
     });
 
+    spawn_renewal(security.clone(), components_stopped.clone());
     let metrics = ComponentMetrics::default();
     let mut components = tokio::task::JoinSet::new();
     if !enabled.is_empty() {
-        let client = component_client(addr, "kube-controller-manager")?;
+        let client = component_client(&security, &url, CONTROLLER_MANAGER_USER).await?;
         let ctx = ControllerContext::new(
             client.clone(),
             ControllerConfig {
@@ -306,7 +450,7 @@ async fn main() -> Result<()> {
         info!("no controller enabled");
     }
     if !args.disable_scheduler {
-        let client = component_client(addr, "kube-scheduler")?;
+        let client = component_client(&security, &url, SCHEDULER_USER).await?;
         let stop = components_stopped.clone();
         let leader_elect = args.leader_elect;
         let registry = metrics.scheduler.clone();

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use coxswain_apiserver::{ApiServer, ServerConfig, admin_kubeconfig};
+use coxswain_apiserver::{ApiServer, Security, ServerConfig, SubjectNames};
 use coxswain_store::{EmbeddedConfig, EmbeddedStore};
 use futures::TryStreamExt;
 use kube::runtime::WatchStreamExt;
@@ -59,6 +59,7 @@ pub struct SimCluster {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     next_node: Arc<AtomicU32>,
+    security: Arc<Security>,
     dir: TempDir,
 }
 
@@ -81,9 +82,15 @@ impl Drop for SimCluster {
     }
 }
 
-/// A client for a plain-HTTP API server at `url`.
-pub fn client_for(url: &str) -> Result<Client> {
-    let mut config = kube::Config::new(url.parse().context("API server URL")?);
+/// A client from a kubeconfig file (the API server's CA and a user's credentials).
+pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
+    let text = std::fs::read_to_string(kubeconfig)
+        .with_context(|| format!("read {}", kubeconfig.display()))?;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text).context("parse the kubeconfig")?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+            .await
+            .context("client configuration from the kubeconfig")?;
     config.default_namespace = "default".to_owned();
     config.read_timeout = Some(Duration::from_secs(300));
     Client::try_from(config).context("build a kube client")
@@ -108,12 +115,15 @@ impl SimCluster {
         )
         .await
         .context("open the embedded store")?;
-        let server = ApiServer::new(Arc::new(store), config).await?;
+        let security = Security::load_or_create(&dir.path().join("pki"), SubjectNames::loopback(None))
+            .context("create the cluster PKI")?;
+        let server = ApiServer::new(Arc::new(store), config, security).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let url = format!("http://{addr}");
+        let url = format!("https://{addr}");
         let kubeconfig = dir.path().join("admin.kubeconfig");
-        std::fs::write(&kubeconfig, admin_kubeconfig(&url))?;
+        std::fs::write(&kubeconfig, server.admin_kubeconfig(&url)?)?;
+        let security = server.security_handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = server
@@ -122,7 +132,7 @@ impl SimCluster {
                 })
                 .await;
         });
-        let client = client_for(&url)?;
+        let client = client_for(&kubeconfig).await?;
         Ok(SimCluster {
             addr,
             kubeconfig,
@@ -130,6 +140,7 @@ impl SimCluster {
             stop: Some(stop),
             task: Some(task),
             next_node: Arc::new(AtomicU32::new(1)),
+            security,
             dir,
         })
     }
@@ -139,9 +150,32 @@ impl SimCluster {
         self.client.clone()
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `https://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
+    }
+
+    /// A kubeconfig (written next to the admin's) for `user` in `groups`, with a fresh
+    /// client certificate signed by the cluster CA.
+    pub fn kubeconfig_for(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        let text = self.security.kubeconfig(&self.url(), user, groups)?;
+        let safe: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = self.dir.path().join(format!("{safe}.kubeconfig"));
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// A client authenticated as `user` in `groups` (a client certificate).
+    pub async fn client_as(&self, user: &str, groups: &[&str]) -> Result<Client> {
+        client_for(&self.kubeconfig_for(user, groups)?).await
+    }
+
+    /// The cluster CA's certificate (PEM).
+    pub fn ca_pem(&self) -> String {
+        self.security.ca().cert_pem().to_owned()
     }
 
     /// The admin kubeconfig for this server.

@@ -28,6 +28,7 @@ use crate::{discovery, object};
 
 pub(crate) use create::create_object;
 pub(crate) use delete::{DeleteOptions, delete_object};
+pub(crate) use update::update as update_object;
 
 /// Query parameters of resource requests (unknown ones are ignored, as upstream does).
 #[derive(Debug, Default, Deserialize)]
@@ -286,6 +287,7 @@ async fn route(state: Arc<ApiState>, request: Request) -> Result<Response> {
         .map_err(|e| ApiError::BadRequest(format!("invalid query parameters: {e}")))?
         .0;
     let (parts, body) = request.into_parts();
+    let user = parts.extensions.get::<coxswain_auth::UserInfo>().cloned();
     let ctx = Ctx {
         state,
         rt,
@@ -296,6 +298,26 @@ async fn route(state: Arc<ApiState>, request: Request) -> Result<Response> {
         headers: parts.headers,
     };
     let namespaced_request = ctx.namespace.is_some() || !rt.namespaced;
+    if rt.create_only {
+        return match (method, info.verb.as_str(), &user) {
+            (Method::POST, "create", Some(user))
+                if namespaced_request && ctx.name.is_none() && subresource.is_none() =>
+            {
+                crate::security::reviews::create(&ctx, user, read(&ctx, body).await?).await
+            }
+            (_, _, None) => Err(ApiError::Unauthorized),
+            _ => Err(ApiError::MethodNotAllowed),
+        };
+    }
+    if subresource == Some(Subresource::Token) {
+        return match (method, info.verb.as_str(), &user) {
+            (Method::POST, "create", Some(user)) => {
+                crate::security::tokens::token_request(&ctx, user, read(&ctx, body).await?).await
+            }
+            (_, _, None) => Err(ApiError::Unauthorized),
+            _ => Err(ApiError::MethodNotAllowed),
+        };
+    }
     match (method, info.verb.as_str()) {
         (Method::GET, "watch") => watch::watch(&ctx).await,
         (Method::GET, "get") => get::get(&ctx).await,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use coxswain_apiserver::{ApiServer, ServerConfig, admin_kubeconfig};
+use coxswain_apiserver::{ApiServer, Security, ServerConfig, SubjectNames};
 use coxswain_store::{EmbeddedConfig, EmbeddedStore, EtcdConfig, EtcdStore, Store};
 use coxswain_testkit::EtcdCluster;
 use http_body_util::{BodyExt, Full};
@@ -87,6 +87,7 @@ impl StoreHandle {
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub kubeconfig: PathBuf,
+    pub security: Arc<Security>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: TempDir,
@@ -117,12 +118,25 @@ impl TestServer {
     }
 
     pub async fn start_with(store: Arc<dyn Store>, config: ServerConfig) -> Result<TestServer> {
-        let server = ApiServer::new(store, config).await?;
+        Self::start_with_tokens(store, config, "").await
+    }
+
+    /// A server that also accepts the static tokens of `token_file` (CSV lines
+    /// `token,user,uid[,"groups"]`).
+    pub async fn start_with_tokens(
+        store: Arc<dyn Store>,
+        config: ServerConfig,
+        token_file: &str,
+    ) -> Result<TestServer> {
+        let dir = tempfile::tempdir()?;
+        let mut security = Security::load_or_create(&dir.path().join("pki"), SubjectNames::loopback(None))?;
+        security.tokens = coxswain_auth::authn::TokenFile::parse(token_file).map_err(anyhow::Error::msg)?;
+        let server = ApiServer::new(store, config, security).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let dir = tempfile::tempdir()?;
         let kubeconfig = dir.path().join("admin.kubeconfig");
-        std::fs::write(&kubeconfig, admin_kubeconfig(&format!("http://{addr}")))?;
+        std::fs::write(&kubeconfig, server.admin_kubeconfig(&format!("https://{addr}"))?)?;
+        let security = server.security_handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = server
@@ -134,6 +148,7 @@ impl TestServer {
         Ok(TestServer {
             addr,
             kubeconfig,
+            security,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
@@ -141,7 +156,19 @@ impl TestServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("https://{}{}", self.addr, path)
+    }
+
+    /// A kubeconfig file for `user` in `groups` (a fresh client certificate).
+    pub fn kubeconfig_for(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        let text = self.security.kubeconfig(&self.url(""), user, groups)?;
+        let safe: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = self._dir.path().join(format!("{safe}.kubeconfig"));
+        std::fs::write(&path, text)?;
+        Ok(path)
     }
 
     /// Runs kubectl with this server's kubeconfig; `stdin` is piped in if given.
@@ -253,19 +280,70 @@ impl Reply {
     }
 }
 
-/// A minimal HTTP/1 client.
+/// Who a raw [`Http`] client is.
+pub enum Identity<'a> {
+    /// A client certificate for a user in groups.
+    Cert(&'a str, &'a [&'a str]),
+    /// A bearer token.
+    Token(&'a str),
+    /// No credentials.
+    Anonymous,
+}
+
+/// A minimal HTTPS/1.1 client that trusts the server's CA.
 #[derive(Clone)]
 pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: String,
+    authorization: Option<String>,
+}
+
+fn tls_config(server: &TestServer, identity: &Identity<'_>) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server.security.ca().cert_der().clone())?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    Ok(match identity {
+        Identity::Cert(user, groups) => {
+            let issued = server
+                .security
+                .ca()
+                .issue(&coxswain_auth::pki::CertRequest::client(*user, groups))?;
+            let certs = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()?;
+            let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+        Identity::Token(_) | Identity::Anonymous => builder.with_no_client_auth(),
+    })
 }
 
 impl Http {
+    /// The cluster admin (`system:masters`).
     pub fn new(server: &TestServer) -> Http {
-        Http {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            base: format!("http://{}", server.addr),
-        }
+        Http::as_identity(server, Identity::Cert("kubernetes-admin", &["system:masters"]))
+            .expect("an admin client")
+    }
+
+    /// Someone else.
+    pub fn as_identity(server: &TestServer, identity: Identity<'_>) -> Result<Http> {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(server, &identity)?)
+            .https_only()
+            .enable_http1()
+            .build();
+        Ok(Http {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            base: format!("https://{}", server.addr),
+            authorization: match identity {
+                Identity::Token(t) => Some(format!("Bearer {t}")),
+                _ => None,
+            },
+        })
     }
 
     async fn send(
@@ -278,6 +356,11 @@ impl Http {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path));
+        if let Some(auth) = &self.authorization
+            && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            req = req.header("authorization", auth.as_str());
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
