@@ -408,8 +408,10 @@ pub fn up(opts: &UpOptions) -> Result<()> {
         )?;
     }
 
+    let join = if layout.nodes > 1 { Some(join_arguments(&layout, &bins)?) } else { None };
     for k in 1..=layout.nodes {
-        start_agent(&layout, k, &bins, &object, opts.proxy_mode)?;
+        let join = if k == 1 { None } else { join.as_deref() };
+        start_agent(&layout, k, &bins, &object, opts.proxy_mode, join)?;
     }
     step("up", format!("waiting for {} node(s) to be Ready", layout.nodes));
     let mut last_report = Instant::now();
@@ -673,9 +675,14 @@ fn write_node_kubeconfig(layout: &Layout, k: u8, bins: &Path) -> Result<()> {
     Ok(())
 }
 
-fn agent_command(layout: &Layout, k: u8, bins: &Path) -> Command {
+/// The node agent's command for node `k`; with `join` (`join URL --token T
+/// --discovery-token-ca-cert-hash H`), the agent first joins the cluster.
+fn agent_command(layout: &Layout, k: u8, bins: &Path, join: Option<&[String]>) -> Command {
     let node = layout.node_dir(k);
     let mut cmd = in_node(layout, k, bins.join("coxswain-node-agent"));
+    if let Some(join) = join {
+        cmd.args(join);
+    }
     cmd.arg("--kubelet")
         .arg("--kubeconfig")
         .arg(node_kubeconfig_path(layout, k))
@@ -692,11 +699,36 @@ fn agent_command(layout: &Layout, k: u8, bins: &Path) -> Command {
     cmd
 }
 
-fn start_agent(layout: &Layout, k: u8, bins: &Path, object: &Path, mode: ProxyMode) -> Result<()> {
+/// A bootstrap token for the extra nodes: `coxctl token create`'s join command, as
+/// arguments after the agent's program name.
+fn join_arguments(layout: &Layout, bins: &Path) -> Result<Vec<String>> {
+    let out = Command::new(bins.join("coxctl"))
+        .arg("--kubeconfig")
+        .arg(layout.kubeconfig())
+        .args(["token", "create", "--ttl", "1h", "--description", "cargo xtask up"])
+        .output()
+        .context("run coxctl token create")?;
+    if !out.status.success() {
+        bail!("coxctl token create failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+    match words.first().map(String::as_str) {
+        Some("coxswain-node-agent") if words.get(1).map(String::as_str) == Some("join") => Ok(words[1..].to_vec()),
+        _ => bail!("coxctl token create printed {line:?}, not a join command"),
+    }
+}
+
+/// Starts node `k`'s agent: node 1 with credentials issued from the CA directly (it is
+/// the control plane's machine), the others by joining with a bootstrap token.
+fn start_agent(layout: &Layout, k: u8, bins: &Path, object: &Path, mode: ProxyMode, join: Option<&[String]>) -> Result<()> {
     let name = format!("agent-{k}");
-    step("up", format!("starting {} ({}, pods {}) with containerd (log: {})", layout.node_name(k), layout.node_ip(k), layout.pod_cidr(k), layout.log_dir().join(format!("{name}.log")).display()));
-    write_node_kubeconfig(layout, k, bins)?;
-    let mut cmd = agent_command(layout, k, bins);
+    let how = if join.is_some() { ", joining with a bootstrap token" } else { "" };
+    step("up", format!("starting {} ({}, pods {}) with containerd{how} (log: {})", layout.node_name(k), layout.node_ip(k), layout.pod_cidr(k), layout.log_dir().join(format!("{name}.log")).display()));
+    if join.is_none() {
+        write_node_kubeconfig(layout, k, bins)?;
+    }
+    let mut cmd = agent_command(layout, k, bins, join);
     cmd.arg("--image-preload-dir")
         .arg(layout.data.join("images"))
         .args(["--metrics-addr", &layout.agent_addr(k), "--proxy-mode", mode.as_str()])
@@ -744,7 +776,7 @@ pub fn down(opts: &DownOptions) -> Result<()> {
                 continue;
             }
             step("down", format!("removing the pods of {}", layout.node_name(k)));
-            let out = agent_command(&layout, k, bins)
+            let out = agent_command(&layout, k, bins, None)
                 .arg("--reset")
                 .stdin(Stdio::null())
                 .output()

@@ -1,4 +1,6 @@
-//! Request bodies in (JSON or YAML, size-limited) and responses out (JSON, tables).
+//! Request bodies in (JSON, YAML or Kubernetes protobuf, size-limited) and responses out
+//! (JSON, tables).
+
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -6,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::protobuf;
 use crate::status::{ApiError, Result};
 
 /// The media types a body may have.
@@ -23,6 +26,9 @@ pub enum BodyType {
     StrategicMergePatch,
     /// `application/apply-patch+yaml` (server-side apply).
     ApplyPatch,
+    /// `application/vnd.kubernetes.protobuf` (kubectl's typed clients; create and update
+    /// only). Responses are never protobuf: every client that sends it also accepts JSON.
+    Protobuf,
 }
 
 /// The body's media type from `Content-Type`, without parameters.
@@ -44,11 +50,13 @@ pub fn body_type(headers: &HeaderMap) -> Result<BodyType> {
         "application/merge-patch+json" => BodyType::MergePatch,
         "application/strategic-merge-patch+json" => BodyType::StrategicMergePatch,
         "application/apply-patch+yaml" => BodyType::ApplyPatch,
+        protobuf::MEDIA_TYPE => BodyType::Protobuf,
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "{other:?} is not supported: use application/json, application/yaml, \
                  application/json-patch+json, application/merge-patch+json, \
-                 application/strategic-merge-patch+json or application/apply-patch+yaml"
+                 application/strategic-merge-patch+json, application/apply-patch+yaml or \
+                 application/vnd.kubernetes.protobuf"
             )));
         }
     })
@@ -82,12 +90,13 @@ pub async fn read_body(_headers: &HeaderMap, body: Body, limit: usize) -> Result
     Ok(buf.freeze())
 }
 
-/// Decodes a JSON or YAML body into a JSON value.
+/// Decodes a JSON, YAML or protobuf body into a JSON value.
 pub fn decode(bytes: &[u8], ty: BodyType) -> Result<Value> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest("the request body is empty".to_owned()));
     }
     match ty {
+        BodyType::Protobuf => Ok(protobuf::decode(bytes)?),
         BodyType::Yaml | BodyType::ApplyPatch => {
             // JSON is YAML, but serde_json gives better messages for it.
             if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
@@ -193,6 +202,11 @@ mod tests {
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/vnd.kubernetes.protobuf"),
+        );
+        assert_eq!(body_type(&h).unwrap(), BodyType::Protobuf);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/cbor"),
         );
         assert!(matches!(
             body_type(&h),

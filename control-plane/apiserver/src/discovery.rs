@@ -43,7 +43,7 @@ fn verbs(rt: &ResourceType) -> Vec<&'static str> {
 fn sub_verbs(sub: Subresource) -> Vec<&'static str> {
     match sub {
         Subresource::Binding | Subresource::Token => vec!["create"],
-        Subresource::Status | Subresource::Scale => vec!["get", "patch", "update"],
+        Subresource::Status | Subresource::Scale | Subresource::Approval => vec!["get", "patch", "update"],
     }
 }
 
@@ -52,7 +52,7 @@ fn sub_kind(rt: &ResourceType, sub: Subresource) -> (&'static str, &'static str,
         Subresource::Scale => ("autoscaling", "v1", "Scale"),
         Subresource::Binding => ("", "v1", "Binding"),
         Subresource::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
-        Subresource::Status => (rt.group, rt.version, rt.kind),
+        Subresource::Status | Subresource::Approval => (rt.group, rt.version, rt.kind),
     }
 }
 

@@ -32,6 +32,7 @@ pub(crate) fn ctx(state: &Arc<ApiState>, group: &str, plural: &str, namespace: O
         subresource: None,
         params: Params::default(),
         headers: HeaderMap::new(),
+        user: None,
     })
 }
 

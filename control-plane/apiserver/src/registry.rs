@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use k8s_openapi::api::{
-    apps, authentication, authorization, batch, coordination, core, discovery, rbac, scheduling,
+    apps, authentication, authorization, batch, certificates, coordination, core, discovery, rbac,
+    scheduling,
 };
 use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
@@ -27,6 +28,9 @@ pub enum Subresource {
     Binding,
     /// `/token` (serviceaccounts): `create` issues a token (TokenRequest).
     Token,
+    /// `/approval` (certificatesigningrequests): writes the Approved/Denied conditions in
+    /// `.status`, like `/status`, under its own permission.
+    Approval,
 }
 
 impl Subresource {
@@ -37,6 +41,7 @@ impl Subresource {
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
             Subresource::Token => "token",
+            Subresource::Approval => "approval",
         }
     }
 }
@@ -215,7 +220,7 @@ where
     }
 }
 
-use Subresource::{Binding, Scale, Status, Token};
+use Subresource::{Approval, Binding, Scale, Status, Token};
 
 const ALL: &[&str] = &["all"];
 
@@ -229,6 +234,7 @@ fn builtin() -> Vec<ResourceType> {
             name_rule: NameRule::Label,
             selectable_fields: &["status.phase"],
             defaults: defaults::namespace,
+            validate: validation::namespace,
             table: &table::NAMESPACES,
             ..ROW
         }),
@@ -415,6 +421,13 @@ fn builtin() -> Vec<ResourceType> {
             singular: "clusterrolebinding",
             name_rule: NameRule::PathSegment,
             table: &table::ROLE_BINDINGS,
+            ..ROW
+        }),
+        kind::<certificates::v1::CertificateSigningRequest>(Row {
+            singular: "certificatesigningrequest",
+            short_names: &["csr"],
+            subresources: &[Status, Approval],
+            validate: validation::csr,
             ..ROW
         }),
         kind::<authentication::v1::TokenReview>(Row {

@@ -504,3 +504,144 @@ async fn service_account_tokens_are_bound_expiring_and_unforgeable() -> Result<(
     assert_status(&sa.get("/api/v1/namespaces/default/pods").await?, 401, "Unauthorized");
     Ok(())
 }
+
+#[tokio::test]
+async fn secrets_are_unreadable_at_rest_and_unchanged_through_the_api() -> Result<()> {
+    let store = StoreHandle::open(Backend::Embedded).await?;
+    let key = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
+    let config = coxswain_apiserver::parse_encryption_config(&format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
+         - resources: [secrets]\n  providers:\n  - aesgcm:\n      keys:\n      - name: key1\n        secret: {key}\n  - identity: {{}}\n"
+    ))
+    .map_err(anyhow::Error::msg)?;
+    let encrypted: std::sync::Arc<dyn coxswain_store::Store> =
+        std::sync::Arc::new(coxswain_store::EncryptedStore::new(store.store.clone(), config));
+    let server = TestServer::start(encrypted).await?;
+    let admin = Http::new(&server);
+    create(
+        &admin,
+        "/api/v1/namespaces/default/secrets",
+        json!({"metadata": {"name": "db"}, "stringData": {"password": "hunter2-very-secret"}}),
+    )
+    .await?;
+    create(&admin, "/api/v1/namespaces/default/configmaps", json!({"metadata": {"name": "plain"}, "data": {"k": "visible-value"}})).await?;
+    let (raw, _) = store.store.get("/registry/core/secrets/default/db", None).await?;
+    let raw = raw.expect("the secret is stored").value;
+    assert!(raw.starts_with(b"k8s:enc:aesgcm:v1:key1:"), "{:?}", &raw[..30.min(raw.len())]);
+    let b64 = base64::engine::general_purpose::STANDARD.encode("hunter2-very-secret");
+    for needle in [b64.as_bytes(), b"hunter2".as_slice(), b"password".as_slice()] {
+        assert!(!raw.windows(needle.len()).any(|w| w == needle), "plaintext at rest");
+    }
+    let (cm, _) = store.store.get("/registry/core/configmaps/default/plain", None).await?;
+    assert!(String::from_utf8_lossy(&cm.unwrap().value).contains("visible-value"));
+    let secret = admin.get("/api/v1/namespaces/default/secrets/db").await?.json();
+    assert_eq!(secret["data"]["password"], b64);
+    let listed = admin.get("/api/v1/namespaces/default/secrets?resourceVersion=0").await?.json();
+    assert!(listed["items"].as_array().unwrap().iter().any(|s| s["data"]["password"] == b64));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restricted_namespace_refuses_a_privileged_pod_naming_the_field() -> Result<()> {
+    let (_store, server) = server().await?;
+    let admin = Http::new(&server);
+    let reply = admin
+        .post_json(
+            "/api/v1/namespaces",
+            &json!({"metadata": {"name": "bad", "labels": {"pod-security.kubernetes.io/enforce": "strict"}}}),
+        )
+        .await?;
+    let body = assert_status(&reply, 422, "Invalid");
+    assert_eq!(body["details"]["causes"][0]["field"], "metadata.labels[pod-security.kubernetes.io/enforce]");
+    create(
+        &admin,
+        "/api/v1/namespaces",
+        json!({"metadata": {"name": "locked", "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}),
+    )
+    .await?;
+    let privileged = json!({"metadata": {"name": "root"}, "spec": {"containers": [
+        {"name": "shell", "image": "busybox", "securityContext": {"privileged": true}}]}});
+    let reply = admin.post_json("/api/v1/namespaces/locked/pods", &privileged).await?;
+    let body = assert_status(&reply, 403, "Forbidden");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.starts_with(r#"pods "root" is forbidden: violates PodSecurity "restricted:latest": privileged (container "shell" must not set securityContext.privileged=true)"#), "{message}");
+    // The same pod is fine where nothing is enforced; a hardened pod is fine in `locked`.
+    assert_eq!(admin.post_json("/api/v1/namespaces/default/pods", &privileged).await?.status, 201);
+    let hardened = json!({"metadata": {"name": "ok"}, "spec": {
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "app", "image": "busybox", "securityContext": {
+            "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]}});
+    assert_eq!(admin.post_json("/api/v1/namespaces/locked/pods", &hardened).await?.status, 201);
+    // kubectl shows the refusal as users know it.
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: root2, namespace: locked}\nspec:\n  hostNetwork: true\n  containers: [{name: c, image: busybox}]\n";
+    let out = server.kubectl_with_input(&["apply", "-f", "-"], Some(manifest)).await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("host namespaces (hostNetwork=true)"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_kubelet_identity_cannot_touch_another_nodes_objects() -> Result<()> {
+    let (_store, server) = server().await?;
+    let admin = Http::new(&server);
+    for n in ["n1", "n2"] {
+        create(&admin, "/api/v1/nodes", json!({"metadata": {"name": n}})).await?;
+        create(
+            &admin,
+            "/api/v1/namespaces/default/pods",
+            json!({"metadata": {"name": format!("on-{n}")}, "spec": {"nodeName": n, "containers": [{"name": "c", "image": "busybox"}]}}),
+        )
+        .await?;
+    }
+    let kubelet = as_user(&server, "system:node:n1", &["system:nodes"]);
+    let patch = |path: &str| {
+        let path = path.to_owned();
+        let kubelet = kubelet.clone();
+        async move {
+            kubelet
+                .request("PATCH", &path, &[("content-type", "application/merge-patch+json")], Bytes::from_static(br#"{"metadata":{"labels":{"touched":"yes"}}}"#))
+                .await
+        }
+    };
+    // Its own Node and its own pods' status: allowed.
+    assert_eq!(patch("/api/v1/nodes/n1").await?.status, 200);
+    assert_eq!(patch("/api/v1/nodes/n1/status").await?.status, 200);
+    assert_eq!(patch("/api/v1/namespaces/default/pods/on-n1/status").await?.status, 200);
+    // Another node's: refused, with the reason.
+    let body = assert_status(&patch("/api/v1/nodes/n2").await?, 403, "Forbidden");
+    assert!(body["message"].as_str().unwrap().contains(r#"node "n1" is not allowed to modify node "n2""#), "{body}");
+    assert_status(&patch("/api/v1/nodes/n2/status").await?, 403, "Forbidden");
+    let body = assert_status(&patch("/api/v1/namespaces/default/pods/on-n2/status").await?, 403, "Forbidden");
+    assert!(body["message"].as_str().unwrap().contains("spec.nodeName set to itself"), "{body}");
+    let reply = kubelet.request("DELETE", "/api/v1/namespaces/default/pods/on-n2", &[], Bytes::new()).await?;
+    assert_status(&reply, 403, "Forbidden");
+    assert_eq!(admin.get("/api/v1/namespaces/default/pods/on-n2").await?.status, 200);
+    // Creating: a Node or a Lease of another name, and pods that are not its mirror pods.
+    assert_status(&kubelet.post_json("/api/v1/nodes", &json!({"metadata": {"name": "n3"}})).await?, 403, "Forbidden");
+    assert_status(
+        &kubelet
+            .post_json("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &json!({"metadata": {"name": "n2"}}))
+            .await?,
+        403,
+        "Forbidden",
+    );
+    assert_eq!(
+        kubelet
+            .post_json("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &json!({"metadata": {"name": "n1"}}))
+            .await?
+            .status,
+        201
+    );
+    let pod = |name: &str, node: &str, mirror: bool| {
+        let mut p = json!({"metadata": {"name": name}, "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}});
+        if mirror {
+            p["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "hash"});
+        }
+        p
+    };
+    let body = assert_status(&kubelet.post_json("/api/v1/namespaces/default/pods", &pod("sneaky", "n1", false)).await?, 403, "Forbidden");
+    assert!(body["message"].as_str().unwrap().contains("can only create mirror pods"), "{body}");
+    assert_status(&kubelet.post_json("/api/v1/namespaces/default/pods", &pod("m2", "n2", true)).await?, 403, "Forbidden");
+    assert_eq!(kubelet.post_json("/api/v1/namespaces/default/pods", &pod("m1", "n1", true)).await?.status, 201);
+    Ok(())
+}

@@ -8,6 +8,7 @@
 pub mod authn;
 pub mod kubeconfig;
 pub mod pki;
+pub mod podsecurity;
 pub mod policy;
 pub mod rbac;
 pub mod satoken;

@@ -358,6 +358,72 @@ impl CertificateAuthority {
     }
 }
 
+/// A new key and a PEM certificate signing request for `common_name` in `organizations`
+/// (at most two, as [`CertRequest`]): `(csr_pem, key_pem)`.
+pub fn new_csr(common_name: &str, organizations: &[&str]) -> Result<(String, String)> {
+    let key = KeyPair::generate().map_err(rc("generate a key"))?;
+    let mut params = CertRequest::client(common_name, organizations).params()?;
+    params.serial_number = None;
+    params.use_authority_key_identifier_extension = false;
+    let csr = params
+        .serialize_request(&key)
+        .map_err(rc("build the certificate signing request"))?
+        .pem()
+        .map_err(rc("encode the certificate signing request"))?;
+    Ok((csr, key.serialize_pem()))
+}
+
+/// What a PEM certificate signing request asks for: `(common name, organizations)`.
+pub fn csr_subject(csr_pem: &str) -> Result<(String, Vec<String>)> {
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|e| PkiError::Parse(format!("not a PEM certificate signing request: {e}")))?;
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+        .map_err(|e| PkiError::Parse(format!("not a certificate signing request: {e}")))?;
+    csr.verify_signature()
+        .map_err(|e| PkiError::Parse(format!("the request's signature does not verify: {e}")))?;
+    let subject = &csr.certification_request_info.subject;
+    let text = |a: &x509_parser::x509::AttributeTypeAndValue<'_>| a.as_str().map(str::to_owned).unwrap_or_default();
+    let cn = subject.iter_common_name().next().map(text).unwrap_or_default();
+    let orgs = subject.iter_organization().map(text).collect();
+    Ok((cn, orgs))
+}
+
+/// Finds, among the certificates a server presented, the CA whose public-key hash is
+/// `expected` (kubeadm's `--discovery-token-ca-cert-hash`), and checks that the server's own
+/// certificate (the first) was signed by it. Returns the CA's DER.
+pub fn pinned_ca(chain: &[CertificateDer<'_>], expected: &str) -> Result<CertificateDer<'static>> {
+    let expected = expected.trim().to_ascii_lowercase();
+    if !expected.starts_with("sha256:") || expected.len() != "sha256:".len() + 64 {
+        return Err(PkiError::Parse(format!(
+            "{expected:?} is not a CA hash: want sha256:<64 hex digits>"
+        )));
+    }
+    let leaf = chain
+        .first()
+        .ok_or_else(|| PkiError::Parse("the server presented no certificate".to_owned()))?;
+    let mut seen = Vec::new();
+    for cert in chain {
+        let hash = public_key_hash(cert)?;
+        if hash == expected {
+            let (_, leaf_cert) = x509_parser::parse_x509_certificate(leaf)
+                .map_err(|e| PkiError::Parse(format!("the server's certificate is unreadable: {e}")))?;
+            let (_, ca_cert) = x509_parser::parse_x509_certificate(cert)
+                .map_err(|e| PkiError::Parse(format!("the CA certificate is unreadable: {e}")))?;
+            leaf_cert
+                .verify_signature(Some(ca_cert.public_key()))
+                .map_err(|e| PkiError::Parse(format!("the server's certificate was not signed by the pinned CA: {e}")))?;
+            return Ok(cert.clone().into_owned());
+        }
+        seen.push(hash);
+    }
+    Err(PkiError::Parse(format!(
+        "the server's CA does not match --discovery-token-ca-cert-hash {expected} (the server presented {})",
+        seen.join(", ")
+    )))
+}
+
 /// `sha256:<hex>` of a certificate's SubjectPublicKeyInfo.
 pub fn public_key_hash(cert_der: &[u8]) -> Result<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
@@ -590,6 +656,24 @@ mod tests {
         assert_eq!(info.organizations, vec!["system:nodes"]);
         verify_issued_by(&cert, &ca).unwrap();
         assert!(ca.sign_csr("garbage", &CertRequest::default()).is_err());
+    }
+
+    #[test]
+    fn new_csrs_say_who_and_pinning_finds_the_ca() {
+        let (csr, _key) = new_csr("system:node:n2", &["system:nodes"]).unwrap();
+        assert_eq!(csr_subject(&csr).unwrap(), ("system:node:n2".to_owned(), vec!["system:nodes".to_owned()]));
+        assert!(csr_subject("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n").is_err());
+        let ca = CertificateAuthority::generate("ca").unwrap();
+        let leaf = ca.issue(&CertRequest::server("s", vec!["localhost".into()], vec![])).unwrap();
+        let chain = vec![first_cert_der(&leaf.cert_pem).unwrap(), ca.cert_der().clone()];
+        assert_eq!(&pinned_ca(&chain, &ca.public_key_hash()).unwrap(), ca.cert_der());
+        let other = CertificateAuthority::generate("other").unwrap();
+        let err = pinned_ca(&chain, &other.public_key_hash()).unwrap_err().to_string();
+        assert!(err.contains("does not match"), "{err}");
+        assert!(pinned_ca(&chain, "sha256:abc").is_err());
+        // A chain whose "CA" matches the hash but did not sign the leaf is refused.
+        let forged = vec![first_cert_der(&other.issue(&CertRequest::server("s", vec![], vec![])).unwrap().cert_pem).unwrap(), ca.cert_der().clone()];
+        assert!(pinned_ca(&forged, &ca.public_key_hash()).is_err());
     }
 
     #[test]

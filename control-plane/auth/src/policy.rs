@@ -183,7 +183,7 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 rule(&["batch"], &["jobs"], &["create"]),
                 rule(&["discovery.k8s.io"], &["endpointslices"], &["create"]),
                 rule(&["coordination.k8s.io"], &["leases"], &["create"]),
-                rule(&["certificates.k8s.io"], &["certificatesigningrequests/approval", "certificatesigningrequests/status"], &["update"]),
+                rule(&["certificates.k8s.io"], &["certificatesigningrequests/approval", "certificatesigningrequests/status"], &["update", "patch"]),
             ],
         ),
         cluster_role(

@@ -13,6 +13,7 @@
 //! - `nodeipam`: a pod CIDR per node from the cluster CIDR.
 //! - `garbagecollector`: ownerReferences, in the three propagation modes.
 //! - `serviceaccount`: a `default` ServiceAccount in every namespace.
+//! - `csr`: approves nodes' certificate signing requests and signs approved ones.
 //! - `manager`: the controller list, the manager that starts them, leader election.
 //! - `metrics`: Prometheus metrics shared by every controller.
 //!
@@ -31,6 +32,7 @@ pub mod manager;
 pub mod metrics;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod csr;
 pub mod serviceaccount;
 pub mod workloads;
 
@@ -59,6 +61,9 @@ pub struct Config {
     /// How often the garbage collector re-examines every object even without a change
     /// (a safety net; changes are handled as they are watched).
     pub gc_resync_period: Duration,
+    /// Signs approved certificate signing requests with the cluster CA, when this process
+    /// holds it (the control plane binary does).
+    pub csr_signer: Option<Arc<dyn csr::CsrSigner>>,
     /// Where the controllers count their work (reconciles, latency, queue depth, leadership).
     /// Not a setting, but carried here so that every `Config` (and so every `Context`) has
     /// its own set: two managers in one process keep separate counts. Clones share it.
@@ -74,6 +79,7 @@ impl Default for Config {
             cluster_cidr: "10.244.0.0/16".to_owned(),
             node_cidr_mask_size: 24,
             gc_resync_period: Duration::from_secs(30),
+            csr_signer: None,
             metrics: Arc::new(Metrics::new()),
         }
     }

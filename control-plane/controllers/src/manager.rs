@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::{
-    Context, endpoints, endpointslice, garbagecollector, nodeipam, nodelifecycle,
+    Context, csr, endpoints, endpointslice, garbagecollector, nodeipam, nodelifecycle,
     serviceaccount, workloads,
 };
 
@@ -23,6 +23,7 @@ pub const CLUSTER_CONTROLLERS: &[&str] = &[
     nodeipam::NAME,
     garbagecollector::NAME,
     serviceaccount::NAME,
+    csr::NAME,
 ];
 
 /// Every controller name `--controllers` accepts (besides `*`), cluster-level then workloads.
@@ -104,6 +105,7 @@ async fn run_one(name: &'static str, ctx: Context) -> Result<(), String> {
         nodeipam::NAME => nodeipam::run(ctx).await.map_err(|e| e.to_string()),
         garbagecollector::NAME => garbagecollector::run(ctx).await.map_err(|e| e.to_string()),
         serviceaccount::NAME => serviceaccount::run(ctx).await.map_err(|e| e.to_string()),
+        csr::NAME => csr::run(ctx).await.map_err(|e| e.to_string()),
         other => workloads::run(other, ctx).await.map_err(|e| e.to_string()),
     }
 }

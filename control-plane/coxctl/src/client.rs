@@ -34,6 +34,8 @@ pub struct Connection {
     pub namespace_explicit: bool,
     /// The API server's URL, for messages.
     pub url: String,
+    /// The cluster CA the kubeconfig trusts (DER), if it names one.
+    pub ca_der: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -110,12 +112,14 @@ pub async fn connect(args: &ClusterArgs) -> Result<Connection> {
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
+    let ca_der = config.root_cert.as_ref().and_then(|certs| certs.first().cloned());
     let client = Client::try_from(config).context("failed to build the API client")?;
     Ok(Connection {
         client,
         namespace,
         namespace_explicit,
         url,
+        ca_der,
     })
 }
 

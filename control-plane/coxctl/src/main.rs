@@ -17,6 +17,7 @@ mod podio;
 mod resources;
 mod rollout;
 mod scale;
+mod token;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -72,6 +73,8 @@ enum WorkflowCommand {
     Exec(podio::ExecArgs),
     /// The control plane's health and leaders, and the nodes.
     Cluster(cluster::Args),
+    /// Bootstrap tokens for joining nodes (create prints the join command).
+    Token(token::Args),
 }
 
 /// Runs a command that talks to the API server; its result is the exit status.
@@ -87,6 +90,7 @@ async fn run_workflow(cluster: &client::ClusterArgs, command: &WorkflowCommand) 
         WorkflowCommand::Logs(args) => podio::logs(&conn, args).await,
         WorkflowCommand::Exec(args) => podio::exec(&conn, args).await,
         WorkflowCommand::Cluster(args) => cluster::run(&conn, args).await,
+        WorkflowCommand::Token(args) => token::run(&conn, args).await,
     }
 }
 

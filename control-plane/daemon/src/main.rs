@@ -40,6 +40,10 @@ struct Args {
     /// Static bearer tokens: CSV lines `token,user,uid[,"group1,group2"]`.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// An `EncryptionConfiguration` (apiserver.config.k8s.io/v1): the resources it names
+    /// (e.g. secrets) are encrypted at rest with AES-GCM.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
     /// etcd client URLs, comma-separated; without them the embedded store is used.
     #[arg(long, env = "COXSWAIN_ETCD_ENDPOINTS", value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
@@ -331,6 +335,24 @@ fn issue_kubeconfig(args: &Args, user: &str, groups: &[String], server: &str, ou
     }
 }
 
+/// Signs nodes' certificate signing requests with the cluster CA this process holds.
+#[derive(Debug)]
+struct CaSigner(Arc<Security>);
+
+impl coxswain_controllers::csr::CsrSigner for CaSigner {
+    fn sign_client(&self, csr_pem: &str) -> Result<String, String> {
+        let usage = coxswain_auth::pki::CertRequest {
+            client: true,
+            ..coxswain_auth::pki::CertRequest::default()
+        };
+        self.0.ca().sign_csr(csr_pem, &usage).map_err(|e| e.to_string())
+    }
+
+    fn subject(&self, csr_pem: &str) -> Result<(String, Vec<String>), String> {
+        coxswain_auth::pki::csr_subject(csr_pem).map_err(|e| e.to_string())
+    }
+}
+
 /// Checks the serving certificate every hour and renews it when less than 30% of its
 /// lifetime is left; new connections get the new certificate.
 fn spawn_renewal(security: Arc<Security>, mut stop: watch::Receiver<bool>) {
@@ -371,7 +393,25 @@ async fn main() -> Result<()> {
             .map_err(|e| anyhow::anyhow!("--token-auth-file {}: {e}", path.display()))?;
     }
     info!(ca_hash = %security.ca().public_key_hash(), "cluster CA");
+    let encryption = match &args.encryption_provider_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read --encryption-provider-config {}", path.display()))?;
+            Some(
+                coxswain_apiserver::parse_encryption_config(&text)
+                    .map_err(|e| anyhow::anyhow!("--encryption-provider-config {}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     let store = store_config.open().await.context("open the store")?;
+    let store: Arc<dyn coxswain_store::Store> = match encryption {
+        Some(config) => {
+            info!(rules = config.rules.len(), "encrypting configured resources at rest");
+            Arc::new(coxswain_store::EncryptedStore::new(store, config))
+        }
+        None => store,
+    };
     let _compactor = Compactor::spawn(Arc::clone(&store), CompactorConfig::default());
     let config = ServerConfig {
         service_cidr: args.service_cidr.clone(),
@@ -420,6 +460,7 @@ async fn main() -> Result<()> {
                 node_cidr_mask_size: args.node_cidr_mask_size,
                 node_monitor_grace_period: args.node_monitor_grace_period,
                 default_toleration_seconds: args.default_toleration_seconds,
+                csr_signer: Some(Arc::new(CaSigner(security.clone()))),
                 ..ControllerConfig::default()
             },
         );

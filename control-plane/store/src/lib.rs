@@ -10,6 +10,7 @@
 
 mod compaction;
 mod embedded;
+mod encryption;
 mod error;
 mod etcd;
 mod fanout;
@@ -19,6 +20,7 @@ mod validate;
 
 pub use compaction::{Compactor, CompactorConfig, DEFAULT_COMPACTION_WINDOW};
 pub use embedded::{EmbeddedConfig, EmbeddedStore, FORMAT_VERSION};
+pub use encryption::{EncryptedStore, EncryptionConfig, EncryptionKey, EncryptionRule};
 pub use error::{Error, Result};
 pub use etcd::{DEFAULT_ETCD_PREFIX, EtcdConfig, EtcdStore};
 pub use store::{Store, StoreConfig};

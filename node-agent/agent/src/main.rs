@@ -6,6 +6,7 @@
 //! here. It never touches an interface it was not named.
 
 mod api;
+mod join;
 mod kubelet_main;
 mod conntrack_gc;
 mod metrics;
@@ -142,8 +143,23 @@ enum LogFormat {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
-    init_tracing(args.log_format);
+    let argv: Vec<String> = std::env::args().collect();
+    let args = if argv.get(1).map(String::as_str) == Some("join") {
+        let join_args = <join::JoinArgs as Parser>::parse_from(&argv[1..]);
+        let (agent_argv, kubeconfig) = join::agent_argv(&join_args);
+        let args = Args::parse_from(agent_argv);
+        init_tracing(args.log_format);
+        let node_name = args.node_name.clone().unwrap_or_else(hostname);
+        join::join(&join_args, &node_name, &kubeconfig).await?;
+        if join_args.join_only {
+            return Ok(());
+        }
+        args
+    } else {
+        let args = Args::parse();
+        init_tracing(args.log_format);
+        args
+    };
 
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
     if args.kubelet.reset {

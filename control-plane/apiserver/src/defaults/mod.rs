@@ -85,6 +85,11 @@ pub(crate) fn service(obj: &mut Value) {
     if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
         for port in ports {
             set_default(port, "protocol", json!("TCP"));
+            // 0 and "" are unset too, as upstream: Go writes the zero IntOrString in JSON
+            // and protobuf (typed clients send `targetPort: 0` when they set none).
+            if matches!(port.get("targetPort"), Some(t) if *t == json!(0) || *t == json!("")) {
+                port["targetPort"] = Value::Null;
+            }
             if let Some(p) = port.get("port").cloned() {
                 set_default(port, "targetPort", p);
             }
@@ -100,7 +105,7 @@ mod tests {
 
     #[test]
     fn service_defaults_keep_client_choices() {
-        let mut svc = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 53, "protocol": "UDP", "targetPort": 5353}]}});
+        let mut svc = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 53, "protocol": "UDP", "targetPort": 5353}, {"port": 81, "targetPort": 0}, {"port": 82, "targetPort": ""}]}});
         service(&mut svc);
         let spec = &svc["spec"];
         assert_eq!(spec["type"], "NodePort");
@@ -108,6 +113,8 @@ mod tests {
         assert_eq!(spec["ports"][0]["targetPort"], 80);
         assert_eq!(spec["ports"][1]["protocol"], "UDP");
         assert_eq!(spec["ports"][1]["targetPort"], 5353);
+        assert_eq!(spec["ports"][2]["targetPort"], 81);
+        assert_eq!(spec["ports"][3]["targetPort"], 82);
         assert_eq!(spec["externalTrafficPolicy"], "Cluster");
         let again = svc.clone();
         service(&mut svc);

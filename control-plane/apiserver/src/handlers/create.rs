@@ -26,12 +26,13 @@ fn random_suffix() -> String {
         .collect()
 }
 
-/// Decodes a create or update body (JSON or YAML only).
+/// Decodes a create or update body (JSON, YAML or Kubernetes protobuf; not a patch).
 pub(crate) fn decode_body(ctx: &Ctx, body: &Bytes) -> Result<Value> {
     let ty = codec::body_type(&ctx.headers)?;
-    if !matches!(ty, BodyType::Json | BodyType::Yaml) {
+    if !matches!(ty, BodyType::Json | BodyType::Yaml | BodyType::Protobuf) {
         return Err(ApiError::UnsupportedMediaType(
-            "a patch media type is only accepted by PATCH: use application/json or application/yaml"
+            "a patch media type is only accepted by PATCH: use application/json, \
+             application/yaml or application/vnd.kubernetes.protobuf"
                 .to_owned(),
         ));
     }
@@ -75,12 +76,16 @@ pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<(StatusCo
         meta_mut(&mut obj).insert("name".into(), json!(format!("{prefix}{}", random_suffix())));
     }
     let name = object::name(&obj).to_owned();
-    if rt.namespaced && !name.is_empty() {
-        write::check_namespace(ctx, object::namespace(&obj), &name).await?;
-    }
+    let namespace = if rt.namespaced && !name.is_empty() {
+        Some(write::check_namespace(ctx, object::namespace(&obj), &name).await?)
+    } else {
+        None
+    };
     write::stamp_new(ctx, &mut obj);
     (rt.defaults)(&mut obj);
+    crate::security::admission::mutate_create(ctx, &mut obj);
     write::invalid(ctx, &name, validation::validate(rt, &obj, None))?;
+    crate::security::admission::admit_create(ctx, namespace.as_ref(), &obj)?;
     let dry_run = ctx.params.dry_run()?;
     if dry_run {
         return Ok((StatusCode::CREATED, obj));
@@ -162,6 +167,7 @@ pub(crate) async fn binding(ctx: &Ctx, body: Bytes) -> Result<Response> {
             subresource: None,
             params: Default::default(),
             headers: Default::default(),
+            user: ctx.user.clone(),
         };
         let merged = write::merge_update(&bind_ctx, &current, new);
         match write::commit_update(&bind_ctx, &current, rev, merged).await? {

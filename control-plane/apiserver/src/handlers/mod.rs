@@ -102,6 +102,8 @@ pub(crate) struct Ctx {
     pub subresource: Option<Subresource>,
     pub params: Params,
     pub headers: HeaderMap,
+    /// Who is asking (`None` for the server's own work: bootstrap, namespace cleanup).
+    pub user: Option<coxswain_auth::UserInfo>,
 }
 
 impl Ctx {
@@ -296,6 +298,7 @@ async fn route(state: Arc<ApiState>, request: Request) -> Result<Response> {
         subresource,
         params,
         headers: parts.headers,
+        user: user.clone(),
     };
     let namespaced_request = ctx.namespace.is_some() || !rt.namespaced;
     if rt.create_only {

@@ -46,11 +46,13 @@ fn apply_patch(ty: BodyType, base: &Value, patch: &Value) -> Result<Value> {
                     "the strategic merge patch could not be applied: {e}"
                 ))
             }),
-        BodyType::Json | BodyType::Yaml => Err(ApiError::UnsupportedMediaType(
-            "PATCH requires application/json-patch+json, application/merge-patch+json, \
+        BodyType::Json | BodyType::Yaml | BodyType::Protobuf => {
+            Err(ApiError::UnsupportedMediaType(
+                "PATCH requires application/json-patch+json, application/merge-patch+json, \
              application/strategic-merge-patch+json or application/apply-patch+yaml"
-                .to_owned(),
-        )),
+                    .to_owned(),
+            ))
+        }
     }
 }
 
@@ -107,7 +109,7 @@ fn without_managed_fields(obj: &Value) -> Value {
 pub(crate) async fn patch(ctx: &Ctx, body: Bytes) -> Result<Response> {
     let name = ctx.url_name()?.to_owned();
     let ty = codec::body_type(&ctx.headers)?;
-    if matches!(ty, BodyType::Json | BodyType::Yaml) {
+    if matches!(ty, BodyType::Json | BodyType::Yaml | BodyType::Protobuf) {
         apply_patch(ty, &Value::Null, &Value::Null)?;
     }
     let patch = codec::decode(&body, ty)?;

@@ -136,6 +136,7 @@ pub(crate) async fn set_replicas(
         subresource: None,
         params: Default::default(),
         headers: Default::default(),
+        user: ctx.user.clone(),
     };
     let merged = write::merge_update(&main, current, new);
     write::commit_update(&main, current, rev, merged).await

@@ -12,8 +12,8 @@ use crate::status::{ApiError, Cause, Result, Target};
 use crate::{storage, validation};
 
 /// Refuses a namespaced object in a namespace that is missing (404) or terminating (403),
-/// as kube-apiserver's NamespaceLifecycle admission does.
-pub(crate) async fn check_namespace(ctx: &Ctx, ns: &str, name: &str) -> Result<()> {
+/// as kube-apiserver's NamespaceLifecycle admission does; returns the namespace.
+pub(crate) async fn check_namespace(ctx: &Ctx, ns: &str, name: &str) -> Result<Value> {
     let ns_type = ctx
         .state
         .registry
@@ -39,7 +39,7 @@ pub(crate) async fn check_namespace(ctx: &Ctx, ns: &str, name: &str) -> Result<(
             ),
         });
     }
-    Ok(())
+    Ok(ns_obj)
 }
 
 /// Stamps a new object's system metadata: uid, creation time, generation; clears what a
@@ -69,7 +69,7 @@ pub(crate) fn stamp_new(ctx: &Ctx, obj: &mut Value) {
 /// `.status`.
 pub(crate) fn merge_update(ctx: &Ctx, old: &Value, new: Value) -> Value {
     let mut out = match ctx.subresource {
-        Some(Subresource::Status) => {
+        Some(Subresource::Status | Subresource::Approval) => {
             let mut out = old.clone();
             match new.get("status") {
                 Some(s) => out["status"] = s.clone(),

@@ -237,7 +237,12 @@ pub(crate) async fn layer(State(state): State<Arc<ApiState>>, request: Request, 
     };
     let attrs = attributes(&info);
     match decide(&state, &user, &attrs).await {
-        Ok(Ok(_)) => state.metrics.authorized(true),
+        Ok(Ok(_)) => {
+            state.metrics.authorized(true);
+            if let Err(e) = super::noderestriction::check(&state, &user, &info).await {
+                return e.into_response();
+            }
+        }
         Ok(Err(reason)) => {
             state.metrics.authorized(false);
             debug!(user = %user.name, verb = %attrs.verb, resource = %attrs.combined_resource(), path = %attrs.path, "forbidden");

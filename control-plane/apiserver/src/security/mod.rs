@@ -6,9 +6,12 @@
 //! version), authorization (`system:masters`, then RBAC), then the handlers, where admission
 //! (namespace lifecycle, defaulting, validation) runs before anything reaches the store.
 
+pub(crate) mod admission;
 pub(crate) mod authn;
 pub(crate) mod authz;
 pub(crate) mod bootstrap;
+pub(crate) mod encryption;
+pub(crate) mod noderestriction;
 pub(crate) mod reviews;
 pub(crate) mod tls;
 pub(crate) mod tokens;
@@ -81,10 +84,13 @@ pub struct ServingCert {
     current: RwLock<Arc<CertifiedKey>>,
 }
 
-fn certified_key(issued: &Issued) -> Result<Arc<CertifiedKey>, PkiError> {
+/// The serving chain: the server's certificate, then the CA's, so that a joining node can
+/// pin the CA by its public-key hash from the handshake alone.
+fn certified_key(issued: &Issued, ca: &CertificateAuthority) -> Result<Arc<CertifiedKey>, PkiError> {
     use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject;
-    let certs = pki::certs_der(&issued.cert_pem)?;
+    let mut certs = pki::certs_der(&issued.cert_pem)?;
+    certs.push(ca.cert_der().clone());
     let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
         .map_err(|e| PkiError::Parse(format!("the serving key is unreadable: {e}")))?;
     let key = rustls::crypto::ring::sign::any_supported_type(&key)
@@ -93,16 +99,16 @@ fn certified_key(issued: &Issued) -> Result<Arc<CertifiedKey>, PkiError> {
 }
 
 impl ServingCert {
-    /// A resolver serving `issued`.
-    pub fn new(issued: &Issued) -> Result<ServingCert, PkiError> {
+    /// A resolver serving `issued` (signed by `ca`).
+    pub fn new(issued: &Issued, ca: &CertificateAuthority) -> Result<ServingCert, PkiError> {
         Ok(ServingCert {
-            current: RwLock::new(certified_key(issued)?),
+            current: RwLock::new(certified_key(issued, ca)?),
         })
     }
 
     /// Serves `issued` from the next handshake on.
-    pub fn replace(&self, issued: &Issued) -> Result<(), PkiError> {
-        let key = certified_key(issued)?;
+    pub fn replace(&self, issued: &Issued, ca: &CertificateAuthority) -> Result<(), PkiError> {
+        let key = certified_key(issued, ca)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
         Ok(())
     }
@@ -140,7 +146,7 @@ impl Security {
             .map_err(|e| PkiError::Parse(e.to_string()))?;
         let (issued, _) = pki::load_or_issue(&ca, dir, SERVING, &serving_request(&names))?;
         Ok(Security {
-            serving: Arc::new(ServingCert::new(&issued)?),
+            serving: Arc::new(ServingCert::new(&issued, &ca)?),
             ca: Arc::new(ca),
             dir: dir.to_owned(),
             names,
@@ -159,7 +165,7 @@ impl Security {
         let (issued, renewed) =
             pki::load_or_issue(&self.ca, &self.dir, SERVING, &serving_request(&self.names))?;
         if renewed {
-            self.serving.replace(&issued)?;
+            self.serving.replace(&issued, &self.ca)?;
             tracing::info!(not_after = ?issued.info().map(|i| i.not_after).ok(), "renewed the API server's serving certificate");
         }
         Ok(renewed)

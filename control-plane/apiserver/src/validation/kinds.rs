@@ -298,6 +298,62 @@ pub(crate) fn config_map(obj: &Value, _: Option<&Value>, causes: &mut Vec<Cause>
     }
 }
 
+/// Namespaces: the Pod Security labels must name a level (and a version).
+pub(crate) fn namespace(obj: &Value, _: Option<&Value>, causes: &mut Vec<Cause>) {
+    let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) else {
+        return;
+    };
+    for mode in ["enforce", "audit", "warn"] {
+        let key = format!("pod-security.kubernetes.io/{mode}");
+        if let Some(v) = labels.get(&key).and_then(Value::as_str)
+            && let Err(e) = coxswain_auth::podsecurity::Level::parse(v)
+        {
+            causes.push(Cause::invalid(format!("metadata.labels[{key}]"), v, e));
+        }
+        let version_key = format!("{key}-version");
+        if let Some(v) = labels.get(&version_key).and_then(Value::as_str) {
+            let ok = v == "latest"
+                || v.strip_prefix("v1.").is_some_and(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()));
+            if !ok {
+                causes.push(Cause::invalid(
+                    format!("metadata.labels[{version_key}]"),
+                    v,
+                    "must be \"latest\" or a version like \"v1.37\"",
+                ));
+            }
+        }
+    }
+}
+
+/// CertificateSigningRequests: a readable, self-signed PEM request and a signer.
+pub(crate) fn csr(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    if old.is_some() {
+        return;
+    }
+    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    match spec.get("request").and_then(Value::as_str) {
+        None | Some("") => causes.push(Cause::required("spec.request")),
+        Some(b64) => {
+            use base64::Engine;
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
+            match pem.map(|p| coxswain_auth::pki::csr_subject(&p)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => causes.push(Cause::invalid("spec.request", "<request>", e.to_string())),
+                None => causes.push(Cause::invalid("spec.request", "<request>", "must be a PEM certificate signing request")),
+            }
+        }
+    }
+    if str_at(&spec, "signerName").is_none_or(str::is_empty) {
+        causes.push(Cause::required("spec.signerName"));
+    }
+    if spec.get("usages").and_then(Value::as_array).is_none_or(|u| u.is_empty()) {
+        causes.push(Cause::required("spec.usages"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::registry::{NameRule, ResourceType};
 use crate::status::Cause;
 
-pub(crate) use kinds::{config_map, none, pod, service, workload};
+pub(crate) use kinds::{config_map, csr, namespace, none, pod, service, workload};
 pub(crate) use names::{
     dns1123_label, dns1123_subdomain, label_value, path_segment_name, qualified_name,
 };

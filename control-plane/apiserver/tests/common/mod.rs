@@ -129,13 +129,18 @@ impl TestServer {
         token_file: &str,
     ) -> Result<TestServer> {
         let dir = tempfile::tempdir()?;
-        let mut security = Security::load_or_create(&dir.path().join("pki"), SubjectNames::loopback(None))?;
-        security.tokens = coxswain_auth::authn::TokenFile::parse(token_file).map_err(anyhow::Error::msg)?;
+        let mut security =
+            Security::load_or_create(&dir.path().join("pki"), SubjectNames::loopback(None))?;
+        security.tokens =
+            coxswain_auth::authn::TokenFile::parse(token_file).map_err(anyhow::Error::msg)?;
         let server = ApiServer::new(store, config, security).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let kubeconfig = dir.path().join("admin.kubeconfig");
-        std::fs::write(&kubeconfig, server.admin_kubeconfig(&format!("https://{addr}"))?)?;
+        std::fs::write(
+            &kubeconfig,
+            server.admin_kubeconfig(&format!("https://{addr}"))?,
+        )?;
         let security = server.security_handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -325,8 +330,11 @@ fn tls_config(server: &TestServer, identity: &Identity<'_>) -> Result<rustls::Cl
 impl Http {
     /// The cluster admin (`system:masters`).
     pub fn new(server: &TestServer) -> Http {
-        Http::as_identity(server, Identity::Cert("kubernetes-admin", &["system:masters"]))
-            .expect("an admin client")
+        Http::as_identity(
+            server,
+            Identity::Cert("kubernetes-admin", &["system:masters"]),
+        )
+        .expect("an admin client")
     }
 
     /// Someone else.
@@ -357,7 +365,9 @@ impl Http {
             .method(method)
             .uri(format!("{}{}", self.base, path));
         if let Some(auth) = &self.authorization
-            && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
         {
             req = req.header("authorization", auth.as_str());
         }
