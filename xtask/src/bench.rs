@@ -15,6 +15,11 @@ use crate::{
 pub enum Target {
     /// The store: embedded (redb) and etcd side by side.
     Store,
+    /// The API server through HTTPS with a client certificate: create, get,
+    /// update, list and watch throughput with p50/p99 latencies, on the
+    /// embedded store and on etcd side by side, and 1,000 watchers each
+    /// receiving every event.
+    Api,
     /// The service proxy's sync engine: programming N Services, one
     /// endpoint change at 10,000 Services (in memory).
     ProxySync,
@@ -46,6 +51,7 @@ pub struct Options {
 pub fn run(opts: &Options) -> Result<()> {
     let (package, bench) = match opts.target {
         Target::Store => ("coxswain-store", "store"),
+        Target::Api => ("coxswain-apiserver", "api"),
         Target::ProxySync => ("coxswain-proxy", "sync"),
         Target::Services => return services(opts.quick),
         Target::Scheduler => return scheduler(opts.quick),
