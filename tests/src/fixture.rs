@@ -115,3 +115,29 @@ pub fn ask(stream: &mut TcpStream, msg: &str) -> Result<String> {
     anyhow::ensure!(echoed == msg, "reply {reply:?} does not echo {msg:?}");
     Ok(name.to_owned())
 }
+
+/// Connects to the Service port 80 from `port` of the client namespace and
+/// asks once; returns the socket and the backend's name.
+pub fn connect_from(fx: &Fixture, port: u16) -> Result<(TcpStream, String)> {
+    use socket2::{Domain, Socket, Type};
+    fx.client().run_in(|| {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+        socket
+            .connect_timeout(&SocketAddr::from((VIP, 80)).into(), TIMEOUT)
+            .with_context(|| format!("connect to {VIP}:80 from port {port}"))?;
+        let mut stream = TcpStream::from(socket);
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        let name = ask(&mut stream, "hi")?;
+        Ok((stream, name))
+    })
+}
+
+/// Closes with a RST (SO_LINGER 0), so the client port is free to reuse at once.
+pub fn abort(stream: TcpStream) {
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("set SO_LINGER");
+    drop(stream);
+}

@@ -1,11 +1,12 @@
 //! The proxy's sync engine driving the kernel dataplane with real packets:
 //! Kubernetes objects in, connections through the ClusterIP out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use coxswain_dataplane::ServiceMaps;
 use coxswain_proxy::{NodeInfo, ProxyState};
-use coxswain_tests::fixture::{Fixture, ask, connect, load_and_attach};
+use coxswain_tests::fixture::{Fixture, abort, ask, connect, connect_from, load_and_attach};
+use coxswain_tests::netns::PinDir;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde_json::json;
 
@@ -142,4 +143,100 @@ fn kubernetes_objects_become_kernel_load_balancing() {
         dump.services.is_empty() && dump.backends.is_empty() && dump.rev_nat.is_empty(),
         "maps not empty: {dump:?}"
     );
+}
+
+/// The backend each client port reaches, one short connection per port
+/// (closed with a RST so that the next round can reuse the port at once).
+fn backends_by_port(fx: &Fixture, ports: std::ops::Range<u16>) -> BTreeMap<u16, String> {
+    ports
+        .map(|port| {
+            let (stream, name) =
+                connect_from(fx, port).unwrap_or_else(|e| panic!("from port {port}: {e:#}"));
+            abort(stream);
+            (port, name)
+        })
+        .collect()
+}
+
+/// Programs `web` (Maglev) with the given endpoints, after `occupy`
+/// endpoints of another Service, so that backend ids differ between runs.
+fn maglev_node(fx: &mut Fixture, occupy: usize, endpoints: &[(usize, bool)]) -> ProxyState {
+    let mut proxy = ProxyState::new(node());
+    let mut web = service();
+    web.metadata.annotations = Some(BTreeMap::from([(
+        coxswain_proxy::LB_ALGORITHM_ANNOTATION.to_owned(),
+        "maglev".to_owned(),
+    )]));
+    let web_slice = slice(fx, endpoints);
+    let maps = fx.dataplane.service_maps();
+    if occupy > 0 {
+        let mut other = service();
+        other.metadata.name = Some("other".into());
+        other.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.5".into()); // programmed first: lower address
+        let addresses: Vec<_> = (0..occupy).map(|i| format!("10.250.9.{}", i + 1)).collect();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": "other-1",
+                         "labels": {"kubernetes.io/service-name": "other"}},
+            "addressType": "IPv4",
+            "endpoints": addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }))
+        .unwrap();
+        proxy.upsert_service(maps, &other).unwrap();
+        proxy.upsert_endpoint_slice(maps, &slice).unwrap();
+    }
+    proxy.upsert_service(maps, &web).unwrap();
+    proxy.upsert_endpoint_slice(maps, &web_slice).unwrap();
+    proxy.full_resync(maps).unwrap();
+    proxy
+}
+
+#[test]
+fn maglev_gives_a_flow_the_same_backend_on_every_node_and_a_change_moves_few_flows() {
+    let mut fx = Fixture::new(216);
+    let all = [(1, true), (2, true), (3, true)];
+    let mut proxy = maglev_node(&mut fx, 0, &all);
+    let ports = 40300..40336;
+    let first = backends_by_port(&fx, ports.clone());
+    let used: BTreeSet<&String> = first.values().collect();
+    assert_eq!(used.len(), 3, "36 flows use every backend: {first:?}");
+
+    // Another node: fresh maps, other backend ids, the same Service. Every
+    // flow takes the backend it took on the first node. (The first node's
+    // programs go with their pins: pinned links outlive the agent.)
+    let Fixture { dataplane, topo, servers, pins } = fx;
+    drop(dataplane);
+    drop(pins);
+    let pins = PinDir::new();
+    let mut fx = Fixture {
+        dataplane: load_and_attach(&topo, &pins).expect("load a second node's dataplane"),
+        topo,
+        pins,
+        servers,
+    };
+    drop(proxy);
+    proxy = maglev_node(&mut fx, 5, &all);
+    let ids: Vec<Option<u32>> = proxy
+        .service_frontends("default", "web")
+        .iter()
+        .flat_map(|f| f.backends.iter().map(|b| b.backend_id))
+        .collect();
+    assert_eq!(ids, [Some(6), Some(7), Some(8)], "the second node numbers backends differently");
+    assert_eq!(backends_by_port(&fx, ports.clone()), first, "a flow's backend depends on the node");
+
+    // b3 leaves: its flows move, every other flow keeps its backend (with a
+    // random choice, each of those would stay with probability 1/2).
+    let without_b3 = slice(&fx, &[(1, true), (2, true), (3, false)]);
+    proxy
+        .upsert_endpoint_slice(fx.dataplane.service_maps(), &without_b3)
+        .unwrap();
+    let after = backends_by_port(&fx, ports);
+
+    for (port, before) in &first {
+        if before == "b3" {
+            assert_ne!(after[port], "b3", "port {port} still reaches the removed backend");
+        } else {
+            assert_eq!(&after[port], before, "port {port} moved although its backend stayed");
+        }
+    }
 }

@@ -14,7 +14,9 @@ use std::{
 use anyhow::Context;
 use coxswain_dataplane::ServiceMaps;
 use coxswain_ebpf_common::{BackendV4, RevNatV4, ServiceKeyV4, ServiceValue, proto, scope};
-use coxswain_tests::fixture::{Fixture, TIMEOUT, VIP, ask, connect, load_and_attach};
+use coxswain_tests::fixture::{
+    Fixture, TIMEOUT, VIP, abort, ask, connect, connect_from, load_and_attach,
+};
 
 fn key(port: u16, protocol: u8, slot: u16) -> ServiceKeyV4 {
     ServiceKeyV4 {
@@ -438,30 +440,6 @@ fn hairpin_a_pod_reaches_itself_through_its_service() {
     assert_eq!(name, "b1");
     // The pod saw the Service address as its peer, not itself.
     assert_eq!(seen_as, format!("b1:{VIP}"));
-}
-
-/// Connects from `port` of the client namespace and asks once; returns the socket and the
-/// backend's name.
-fn connect_from(fx: &Fixture, port: u16) -> anyhow::Result<(TcpStream, String)> {
-    use socket2::{Domain, Socket, Type};
-    fx.client().run_in(|| {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-        socket.set_reuse_address(true)?;
-        socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
-        socket.connect_timeout(&SocketAddr::from((VIP, 80)).into(), TIMEOUT)?;
-        let mut stream = TcpStream::from(socket);
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        let name = ask(&mut stream, "hi")?;
-        Ok((stream, name))
-    })
-}
-
-/// Closes with a RST (SO_LINGER 0), so the client port is free to reuse at once.
-fn abort(stream: TcpStream) {
-    socket2::SockRef::from(&stream)
-        .set_linger(Some(Duration::ZERO))
-        .expect("set SO_LINGER");
-    drop(stream);
 }
 
 #[test]

@@ -61,6 +61,10 @@ pub mod names {
     /// tc classifier translating Service traffic (ingress of the interfaces
     /// where client traffic enters the node's datapath).
     pub const PROG_SERVICE_TC: &str = "service_tc";
+    /// Hash map: [`MaglevKeyV4`](crate::MaglevKeyV4) →
+    /// [`MaglevTable`](crate::MaglevTable), the Maglev lookup table of a
+    /// master entry with [`service_flags::MAGLEV`](crate::service_flags::MAGLEV).
+    pub const MAGLEV_V4: &str = "MAGLEV_V4";
 }
 
 /// Upper bound of distinct (interface, hook) pairs the counter map holds.
@@ -202,6 +206,66 @@ pub mod service_flags {
     pub const EXTERNAL: u16 = 1 << 3;
     /// Backends are selected with the Service's Maglev table.
     pub const MAGLEV: u16 = 1 << 4;
+}
+
+/// Entries of a Maglev lookup table: a prime (Maglev needs the table size
+/// prime so that every backend's permutation visits every entry), the
+/// default of Cilium's `--bpf-lb-maglev-table-size`. With `N` backends each
+/// owns `M / N` entries, rounded up or down, and a backend change moves
+/// about `M / N` of them: about 1/N of the flows, those of the backend that
+/// came or went, plus a small fraction (below 1% for `N` up to 100).
+pub const MAGLEV_TABLE_SIZE: usize = 16_381;
+/// Upper bound of Maglev tables (one per master entry with
+/// [`service_flags::MAGLEV`]). The map is not preallocated: a table costs
+/// its 64 KiB only while it exists.
+pub const MAGLEV_MAX_ENTRIES: u32 = 16_384;
+
+/// A Maglev lookup table: entry `hash(flow) % MAGLEV_TABLE_SIZE` names the
+/// backend id a new flow takes.
+pub type MaglevTable = [u32; MAGLEV_TABLE_SIZE];
+
+/// Key of the Maglev map: one table per master entry (a frontend in one
+/// scope, since the `LOCAL` scope lists other backends than `ALL`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevKeyV4 {
+    /// The master entry's [`ServiceValue::service_id`].
+    pub service_id: u32,
+    /// The master entry's [`scope`].
+    pub scope: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// Seeds of the flow hash the kernel programs compute for Maglev. Every
+/// node must use the same, so that any node sends a given flow to the same
+/// backend (what lets a flow survive being moved to another node by an
+/// upstream router).
+pub mod flow_hash {
+    /// Initial value of the hash.
+    pub const SEED: u32 = 0x2c0f_57a1;
+
+    /// murmur3's 32-bit finalizer: every input bit affects every output bit.
+    #[inline(always)]
+    pub const fn fmix32(mut h: u32) -> u32 {
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^= h >> 16;
+        h
+    }
+
+    /// The hash of a flow's 5-tuple, as the packet carries it (addresses
+    /// and ports in network byte order, read as native integers).
+    #[inline(always)]
+    pub const fn of_tuple(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+        let mut h = SEED;
+        h = fmix32(h ^ saddr);
+        h = fmix32(h ^ daddr);
+        h = fmix32(h ^ ((sport as u32) << 16 | dport as u32));
+        fmix32(h ^ proto as u32)
+    }
 }
 
 /// Value of the service map.
@@ -438,6 +502,7 @@ mod pod {
     unsafe impl aya::Pod for super::NodeConfigV4 {}
     unsafe impl aya::Pod for super::AffinityKeyV4 {}
     unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::MaglevKeyV4 {}
 }
 
 #[cfg(test)]
@@ -458,6 +523,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<AffinityKeyV4>(), 8);
         assert_eq!(core::mem::size_of::<AffinityValue>(), 16);
         assert_eq!(core::mem::size_of::<SockRevNatKeyV4>(), 16);
+        assert_eq!(core::mem::size_of::<MaglevKeyV4>(), 8);
+        assert_eq!(core::mem::size_of::<MaglevTable>(), MAGLEV_TABLE_SIZE * 4);
     }
 
     #[test]

@@ -12,9 +12,10 @@ use aya_ebpf::{
 };
 use coxswain_ebpf_common::{
     AFFINITY_MAX_ENTRIES, AffinityKeyV4, AffinityValue, BACKENDS_MAX_ENTRIES, BackendV4,
-    CONNTRACK_MAX_ENTRIES, Counters, CtKeyV4, CtValue, NodeConfigV4, REV_NAT_MAX_ENTRIES, RevNatV4,
-    SERVICES_MAX_ENTRIES, ServiceKeyV4, ServiceValue, backend_flags, ct_dir, ct_flags, proto,
-    scope, service_flags,
+    CONNTRACK_MAX_ENTRIES, Counters, CtKeyV4, CtValue, MAGLEV_MAX_ENTRIES, MAGLEV_TABLE_SIZE,
+    MaglevKeyV4, MaglevTable, NodeConfigV4, REV_NAT_MAX_ENTRIES, RevNatV4, SERVICES_MAX_ENTRIES,
+    ServiceKeyV4, ServiceValue, backend_flags, ct_dir, ct_flags, flow_hash, proto, scope,
+    service_flags,
 };
 
 /// Service master and slot entries (see `ServiceKeyV4`). Pinned by name so
@@ -29,6 +30,15 @@ static BACKENDS_V4: HashMap<u32, BackendV4> = HashMap::pinned(BACKENDS_MAX_ENTRI
 
 #[map]
 static REV_NAT_V4: HashMap<u32, RevNatV4> = HashMap::pinned(REV_NAT_MAX_ENTRIES, 0);
+
+/// Maglev lookup tables of the master entries with `service_flags::MAGLEV`.
+/// Not preallocated (`BPF_F_NO_PREALLOC`): each table is 64 KiB, and only
+/// Services that ask for Maglev have one.
+#[map]
+static MAGLEV_V4: HashMap<MaglevKeyV4, MaglevTable> =
+    HashMap::pinned(MAGLEV_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[map]
 static CONNTRACK_V4: LruHashMap<CtKeyV4, CtValue> = LruHashMap::pinned(CONNTRACK_MAX_ENTRIES, 0);
@@ -155,7 +165,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, ()> {
 }
 
 /// The parts of an IPv4 TCP/UDP packet the translation needs.
-struct Flow {
+pub(crate) struct Flow {
     saddr: u32,
     daddr: u32,
     sport: u16,
@@ -346,7 +356,7 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
                 return Ok(reject(ctx));
             }
             let Some((backend_id, b)) =
-                pick_backend(&master_key, &master, flow.saddr, Some(flow.sport), now)
+                pick_backend(&master_key, &master, flow.saddr, Some(&flow), now)
             else {
                 return Ok(TC_ACT_SHOT);
             };
@@ -471,14 +481,17 @@ impl FlowKeys {
 }
 
 /// Chooses a backend for a new flow from `client`: the client's affine
-/// backend while its affinity lasts (sessionAffinity ClientIP), otherwise a
-/// random slot.
+/// backend while its affinity lasts (sessionAffinity ClientIP), otherwise
+/// the Maglev table's entry for the flow's hash (with
+/// `service_flags::MAGLEV`, when the packet's 5-tuple is known), otherwise a
+/// random slot. Socket load balancing passes no flow (the source port may
+/// not exist yet) and always takes a random slot.
 #[inline(always)]
 pub(crate) fn pick_backend(
     master_key: &ServiceKeyV4,
     master: &ServiceValue,
     client: u32,
-    clash_port: Option<u16>,
+    flow: Option<&Flow>,
     now: u64,
 ) -> Option<(u32, BackendV4)> {
     let affinity = master.flags & service_flags::AFFINITY != 0;
@@ -498,22 +511,43 @@ pub(crate) fn pick_backend(
             }
         }
     }
-    let mut pick = unsafe { bpf_get_prandom_u32() } % u32::from(master.count);
-    let (mut backend_id, mut b) = slot_backend(master_key, pick)?;
+    let maglev = match flow {
+        Some(flow) if master.flags & service_flags::MAGLEV != 0 => MAGLEV_V4
+            .get_ptr(&MaglevKeyV4 {
+                service_id: master.service_id,
+                scope: master_key.scope,
+                pad: [0; 3],
+            })
+            .map(|table| (table, flow_hash::of_tuple(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto))),
+        _ => None,
+    };
+    // `pick` walks slots (random choice) or table entries (Maglev).
+    let (mut pick, modulus) = match maglev {
+        Some((_, hash)) => (hash % MAGLEV_TABLE_SIZE as u32, MAGLEV_TABLE_SIZE as u32),
+        None => {
+            let count = u32::from(master.count);
+            (unsafe { bpf_get_prandom_u32() } % count, count)
+        }
+    };
+    let candidate = |pick: u32| match maglev {
+        Some((table, _)) => maglev_backend(table, pick),
+        None => slot_backend(master_key, pick),
+    };
+    let (mut backend_id, mut b) = candidate(pick)?;
     // A client that reuses its source port towards another Service address
     // may land on a backend that still holds the previous connection on the
     // same 4-tuple (TIME_WAIT): the new SYN would be answered as part of the
     // old connection. Like netfilter NAT keeping translated tuples unique,
-    // move on to the next slot while the 4-tuple was used recently (a few
-    // tries; the last candidate is used in any case).
-    if let Some(client_port) = clash_port {
+    // move on to the next slot (or table entry) while the 4-tuple was used
+    // recently (a few tries; the last candidate is used in any case).
+    if let Some(flow) = flow {
         let mut tries = 0;
         while tries < CLASH_TRIES
             && master.count > 1
-            && tuple_in_use(&b, client, client_port, master_key.proto, now)
+            && tuple_in_use(&b, client, flow.sport, master_key.proto, now)
         {
-            pick = (pick + 1) % u32::from(master.count);
-            (backend_id, b) = slot_backend(master_key, pick)?;
+            pick = (pick + 1) % modulus;
+            (backend_id, b) = candidate(pick)?;
             tries += 1;
         }
     }
@@ -525,6 +559,24 @@ pub(crate) fn pick_backend(
         };
         let _ = AFFINITY_V4.insert(&aff_key, &value, 0);
     }
+    Some((backend_id, b))
+}
+
+/// The backend named by entry `pick` of a Maglev table.
+#[inline(always)]
+fn maglev_backend(table: *const MaglevTable, pick: u32) -> Option<(u32, BackendV4)> {
+    // LLVM knows `pick` is below the table size (it is a remainder) and
+    // would drop the check below, which the verifier cannot do without:
+    // the volatile read hides what LLVM knows.
+    // SAFETY: reads a local.
+    let pick = unsafe { core::ptr::read_volatile(&pick) } as usize;
+    if pick >= MAGLEV_TABLE_SIZE {
+        return None;
+    }
+    // SAFETY: a map value pointer, valid for the program's run; `pick` is
+    // in bounds.
+    let backend_id = unsafe { *table.cast::<u32>().add(pick) };
+    let b = unsafe { *BACKENDS_V4.get_ptr(&backend_id)? };
     Some((backend_id, b))
 }
 

@@ -84,6 +84,13 @@ struct Args {
     #[arg(long, value_enum, default_value_t = ProxyMode::Ebpf)]
     proxy_mode: ProxyMode,
 
+    /// How new flows pick a backend: `random` (as kube-proxy) or `maglev`
+    /// (consistent hashing: every node picks the same backend for a flow,
+    /// and a backend change moves few flows). A Service overrides it with
+    /// the `coxswain.io/lb-algorithm` annotation. eBPF mode only.
+    #[arg(long, value_name = "ALGORITHM", default_value_t = coxswain_proxy::LbAlgorithm::Random)]
+    lb_algorithm: coxswain_proxy::LbAlgorithm,
+
     /// Longest pause between conntrack collection passes (the collector
     /// shortens it while many flows close).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
@@ -262,6 +269,7 @@ async fn main() -> Result<()> {
             let config = proxy_loop::ProxyConfig {
                 kubeconfig: Some(kubeconfig),
                 node_name: args.node_name.clone().unwrap_or_else(hostname),
+                lb_algorithm: args.lb_algorithm,
             };
             let proxy_target = match args.proxy_mode {
                 ProxyMode::Ebpf => proxy_loop::ProxyTarget::Ebpf(dataplane.clone()),

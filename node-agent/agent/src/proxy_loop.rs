@@ -59,6 +59,8 @@ pub struct ProxyConfig {
     pub kubeconfig: Option<PathBuf>,
     /// This node's name (endpoints with this `nodeName` are local).
     pub node_name: String,
+    /// The algorithm of Services without the annotation.
+    pub lb_algorithm: coxswain_proxy::LbAlgorithm,
 }
 
 /// One event from any of the three watches.
@@ -99,7 +101,8 @@ pub async fn run(
     let mut proxy = ProxyState::new(NodeInfo {
         name: config.node_name.clone(),
         addresses: Vec::new(),
-    });
+    })
+    .with_lb_algorithm(config.lb_algorithm);
     let (dataplane, mut rules) = match target {
         ProxyTarget::Ebpf(dataplane) => {
             let mut dp = lock(&dataplane);

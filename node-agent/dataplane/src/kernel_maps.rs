@@ -1,21 +1,24 @@
 //! [`ServiceMaps`] on the kernel's pinned hash maps.
 
 use aya::maps::{HashMap, MapData};
-use coxswain_ebpf_common::{BackendV4, RevNatV4, ServiceKeyV4, ServiceValue, names};
+use coxswain_ebpf_common::{
+    BackendV4, MaglevKeyV4, MaglevTable, RevNatV4, ServiceKeyV4, ServiceValue, names,
+};
 
 use crate::{MapWriteError, ServiceMaps, ServiceMapsDump};
 
-/// The service, backend and reverse-NAT maps of a loaded object. Each call is
+/// The service, backend, reverse-NAT and Maglev maps of a loaded object. Each call is
 /// one bpf syscall, visible to the packet path as soon as it returns.
 #[derive(Debug)]
 pub struct KernelServiceMaps {
     services: HashMap<MapData, ServiceKeyV4, ServiceValue>,
     backends: HashMap<MapData, u32, BackendV4>,
     rev_nat: HashMap<MapData, u32, RevNatV4>,
+    maglev: HashMap<MapData, MaglevKeyV4, MaglevTable>,
 }
 
 impl KernelServiceMaps {
-    /// Takes the three maps out of a loaded object.
+    /// Takes the maps out of a loaded object.
     pub(crate) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapWriteError> {
         fn take<K: aya::Pod, V: aya::Pod>(
             ebpf: &mut aya::Ebpf,
@@ -33,6 +36,7 @@ impl KernelServiceMaps {
             services: take(ebpf, names::SERVICES_V4)?,
             backends: take(ebpf, names::BACKENDS_V4)?,
             rev_nat: take(ebpf, names::REV_NAT_V4)?,
+            maglev: take(ebpf, names::MAGLEV_V4)?,
         })
     }
 }
@@ -102,6 +106,20 @@ impl ServiceMaps for KernelServiceMaps {
         ignore_missing(self.rev_nat.remove(&id)).map_err(kernel("delete", names::REV_NAT_V4, id))
     }
 
+    fn update_maglev(
+        &mut self,
+        key: MaglevKeyV4,
+        table: &MaglevTable,
+    ) -> Result<(), MapWriteError> {
+        self.maglev
+            .insert(key, table, 0)
+            .map_err(kernel("update", names::MAGLEV_V4, key))
+    }
+
+    fn delete_maglev(&mut self, key: MaglevKeyV4) -> Result<(), MapWriteError> {
+        ignore_missing(self.maglev.remove(&key)).map_err(kernel("delete", names::MAGLEV_V4, key))
+    }
+
     fn dump(&self) -> Result<ServiceMapsDump, MapWriteError> {
         let mut dump = ServiceMapsDump::default();
         for entry in self.services.iter() {
@@ -115,6 +133,10 @@ impl ServiceMaps for KernelServiceMaps {
         for entry in self.rev_nat.iter() {
             let (k, v) = entry.map_err(kernel("read", names::REV_NAT_V4, "*"))?;
             dump.rev_nat.insert(k, v);
+        }
+        for entry in self.maglev.iter() {
+            let (k, v) = entry.map_err(kernel("read", names::MAGLEV_V4, "*"))?;
+            dump.maglev.insert(k, Box::new(v));
         }
         Ok(dump)
     }

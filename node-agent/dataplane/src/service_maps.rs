@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use coxswain_ebpf_common::{BackendV4, RevNatV4, ServiceKeyV4, ServiceValue};
+use coxswain_ebpf_common::{
+    BackendV4, MaglevKeyV4, MaglevTable, RevNatV4, ServiceKeyV4, ServiceValue,
+};
 
 /// Errors from reading or writing service maps.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +39,11 @@ pub struct ServiceMapsDump {
     pub backends: BTreeMap<u32, BackendV4>,
     /// Reverse-NAT entries by service id.
     pub rev_nat: BTreeMap<u32, RevNatV4>,
+    /// Maglev tables by master entry.
+    pub maglev: BTreeMap<MaglevKeyV4, Box<MaglevTable>>,
 }
 
-/// Writes to the three maps that describe Services. Each call is one map
+/// Writes to the maps that describe Services. Each call is one map
 /// operation; the kernel sees every intermediate state, so callers order
 /// their calls such that each state is consistent (see the proxy crate).
 pub trait ServiceMaps {
@@ -59,6 +63,12 @@ pub trait ServiceMaps {
     fn update_rev_nat(&mut self, id: u32, rev_nat: RevNatV4) -> Result<(), MapWriteError>;
     /// Deletes a reverse-NAT entry; absent is not an error.
     fn delete_rev_nat(&mut self, id: u32) -> Result<(), MapWriteError>;
+    /// Inserts or replaces a Maglev table (the kernel swaps the whole value
+    /// at once: a lookup sees the old table or the new one).
+    fn update_maglev(&mut self, key: MaglevKeyV4, table: &MaglevTable)
+    -> Result<(), MapWriteError>;
+    /// Deletes a Maglev table; absent is not an error.
+    fn delete_maglev(&mut self, key: MaglevKeyV4) -> Result<(), MapWriteError>;
     /// Reads every entry (at start, to adopt what a previous agent left).
     fn dump(&self) -> Result<ServiceMapsDump, MapWriteError>;
 }
@@ -78,6 +88,10 @@ pub enum MapOp {
     UpdateRevNat(u32, RevNatV4),
     /// `delete_rev_nat`.
     DeleteRevNat(u32),
+    /// `update_maglev` (the table itself is in the state).
+    UpdateMaglev(MaglevKeyV4),
+    /// `delete_maglev`.
+    DeleteMaglev(MaglevKeyV4),
 }
 
 /// In-memory service maps that record every operation, for tests.
@@ -135,6 +149,20 @@ impl ServiceMaps for MemoryServiceMaps {
     fn delete_rev_nat(&mut self, id: u32) -> Result<(), MapWriteError> {
         self.state.rev_nat.remove(&id);
         self.record(MapOp::DeleteRevNat(id));
+        Ok(())
+    }
+    fn update_maglev(
+        &mut self,
+        key: MaglevKeyV4,
+        table: &MaglevTable,
+    ) -> Result<(), MapWriteError> {
+        self.state.maglev.insert(key, Box::new(*table));
+        self.record(MapOp::UpdateMaglev(key));
+        Ok(())
+    }
+    fn delete_maglev(&mut self, key: MaglevKeyV4) -> Result<(), MapWriteError> {
+        self.state.maglev.remove(&key);
+        self.record(MapOp::DeleteMaglev(key));
         Ok(())
     }
     fn dump(&self) -> Result<ServiceMapsDump, MapWriteError> {

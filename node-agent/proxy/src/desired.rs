@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use coxswain_ebpf_common::{backend_flags, service_flags};
 
 use crate::keys::{BackendKey, FrontendKey, MasterKey, Scope};
-use crate::model::{NodeInfo, ServiceModel, ServicePortModel, SliceModel};
+use crate::model::{LbAlgorithm, NodeInfo, ServiceModel, ServicePortModel, SliceModel};
 
 /// The most slots a master can count (`ServiceValue::count` is a `u16`).
 const MAX_SLOTS: usize = u16::MAX as usize;
@@ -97,17 +97,22 @@ impl Candidate {
 /// Every master entry `service` asks for, keyed and ordered by master key.
 /// When two of its frontends share an address, port and protocol (an
 /// externalIP equal to a node address, say), the first one wins.
+/// `default_algorithm` applies unless the Service names its own.
 pub(crate) fn desired_masters<'a>(
     service: &ServiceModel,
     slices: impl Iterator<Item = &'a SliceModel> + Clone,
     node: &NodeInfo,
+    default_algorithm: LbAlgorithm,
 ) -> BTreeMap<MasterKey, DesiredMaster> {
     let mut masters = BTreeMap::new();
-    let service_flags = if service.affinity_timeout_s.is_some() {
+    let mut service_flags = if service.affinity_timeout_s.is_some() {
         service_flags::AFFINITY
     } else {
         0
     };
+    if service.lb_algorithm.unwrap_or(default_algorithm) == LbAlgorithm::Maglev {
+        service_flags |= service_flags::MAGLEV;
+    }
     let affinity_timeout_s = service.affinity_timeout_s.unwrap_or(0);
     for port in &service.ports {
         let candidates = candidates(port, slices.clone(), node);
@@ -297,6 +302,7 @@ mod tests {
             external_local: false,
             internal_local: false,
             affinity_timeout_s: None,
+            lb_algorithm: None,
         }
     }
 
@@ -405,7 +411,7 @@ mod tests {
                 ..service()
             };
             let slices = [slice(endpoints)];
-            let masters = desired_masters(&svc, slices.iter(), &node);
+            let masters = desired_masters(&svc, slices.iter(), &node, LbAlgorithm::Random);
             assert_eq!(
                 backends(&masters, master([10, 96, 0, 10], 80, Scope::All)),
                 want,
@@ -426,7 +432,7 @@ mod tests {
                 endpoint(2, "a", true, true, false),
             ]),
         ];
-        let masters = desired_masters(&service(), slices.iter(), &NodeInfo::default());
+        let masters = desired_masters(&service(), slices.iter(), &NodeInfo::default(), LbAlgorithm::Random);
         assert_eq!(
             backends(&masters, master([10, 96, 0, 10], 80, Scope::All)),
             vec![(1, 0), (2, 0), (3, 0)]

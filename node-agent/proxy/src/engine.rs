@@ -10,7 +10,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::desired::{DesiredMaster, desired_masters};
 use crate::error::{Error, Result};
 use crate::keys::MasterKey;
-use crate::model::{NodeInfo, ObjectRef, ServiceModel, SliceModel};
+use crate::model::{LbAlgorithm, NodeInfo, ObjectRef, ServiceModel, SliceModel};
 use crate::programmed::{Programmed, Target};
 use crate::view::{BackendView, FrontendView};
 
@@ -40,6 +40,8 @@ pub struct SyncReport {
 #[derive(Debug)]
 pub struct ProxyState {
     node: NodeInfo,
+    /// The algorithm of Services that do not name one.
+    lb_algorithm: LbAlgorithm,
     services: HashMap<ObjectRef, ServiceModel>,
     /// IPv4 slices by Service, then by slice name.
     slices: HashMap<ObjectRef, BTreeMap<String, SliceModel>>,
@@ -63,6 +65,7 @@ impl ProxyState {
     pub fn new(node: NodeInfo) -> Self {
         Self {
             node,
+            lb_algorithm: LbAlgorithm::default(),
             services: HashMap::new(),
             slices: HashMap::new(),
             slice_service: HashMap::new(),
@@ -73,6 +76,14 @@ impl ProxyState {
             synced: false,
             pending: BTreeSet::new(),
         }
+    }
+
+    /// Sets the algorithm of Services without the
+    /// [`LB_ALGORITHM_ANNOTATION`](crate::LB_ALGORITHM_ANNOTATION) (random
+    /// when never set). Call before the first Service arrives.
+    pub fn with_lb_algorithm(mut self, algorithm: LbAlgorithm) -> Self {
+        self.lb_algorithm = algorithm;
+        self
     }
 
     /// Takes what a previous agent left in the maps as the programmed state,
@@ -383,6 +394,7 @@ impl ProxyState {
                     model,
                     slices.into_iter().flat_map(BTreeMap::values),
                     &self.node,
+                    self.lb_algorithm,
                 )
             }
             None => BTreeMap::new(),

@@ -34,6 +34,7 @@ mod engine;
 mod error;
 mod ids;
 mod keys;
+mod maglev;
 mod model;
 mod programmed;
 mod view;
@@ -48,5 +49,8 @@ pub use desired::FrontendKind;
 pub use engine::{ProxyState, SyncReport};
 pub use error::{Error, Result};
 pub use keys::{Protocol, Scope};
-pub use model::{DEFAULT_AFFINITY_TIMEOUT_S, NodeInfo, ObjectRef, SERVICE_NAME_LABEL};
+pub use model::{
+    DEFAULT_AFFINITY_TIMEOUT_S, LB_ALGORITHM_ANNOTATION, LbAlgorithm, NodeInfo, ObjectRef,
+    SERVICE_NAME_LABEL,
+};
 pub use view::{BACKEND_FLAG_NAMES, BackendView, FrontendView, SERVICE_FLAG_NAMES, flag_names};

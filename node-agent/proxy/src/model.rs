@@ -17,6 +17,51 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// in Kubernetes).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 
+/// The annotation with which a Service picks its load-balancing algorithm
+/// (`random` or `maglev`), overriding the agent's `--lb-algorithm`.
+pub const LB_ALGORITHM_ANNOTATION: &str = "coxswain.io/lb-algorithm";
+
+/// How new flows choose among a Service's backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LbAlgorithm {
+    /// A random backend per new flow (kube-proxy's behaviour).
+    #[default]
+    Random,
+    /// Maglev consistent hashing of the flow's 5-tuple: every node picks
+    /// the same backend for a flow, and a backend change moves few flows.
+    Maglev,
+}
+
+impl LbAlgorithm {
+    /// `random` or `maglev`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LbAlgorithm::Random => "random",
+            LbAlgorithm::Maglev => "maglev",
+        }
+    }
+}
+
+impl std::str::FromStr for LbAlgorithm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "random" => Ok(LbAlgorithm::Random),
+            "maglev" => Ok(LbAlgorithm::Maglev),
+            other => Err(format!(
+                "unknown load-balancing algorithm {other:?}: expected random or maglev"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for LbAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Namespace and name of an object.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectRef {
@@ -77,6 +122,9 @@ pub(crate) struct ServiceModel {
     pub internal_local: bool,
     /// `sessionAffinity: ClientIP`, with its timeout.
     pub affinity_timeout_s: Option<u32>,
+    /// The [`LB_ALGORITHM_ANNOTATION`], when valid; `None`: the agent's
+    /// default.
+    pub lb_algorithm: Option<LbAlgorithm>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,8 +224,25 @@ impl ServiceModel {
                     .filter(|&t| t > 0)
                     .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S)
             });
+        let lb_algorithm = service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION))
+            .and_then(|value| match value.parse() {
+                Ok(algorithm) => Some(algorithm),
+                Err(e) => {
+                    tracing::warn!(
+                        service = ?service.metadata.name,
+                        annotation = LB_ALGORITHM_ANNOTATION,
+                        "{e}; using the agent's default"
+                    );
+                    None
+                }
+            });
         Ok(ServiceModel {
             cluster_ip,
+            lb_algorithm,
             ports,
             node_ports,
             external_ips,

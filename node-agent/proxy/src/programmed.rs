@@ -19,13 +19,15 @@ use std::collections::{BTreeSet, HashMap};
 
 use coxswain_dataplane::{ServiceMaps, ServiceMapsDump};
 use coxswain_ebpf_common::{
-    BACKENDS_MAX_ENTRIES, BackendV4, REV_NAT_MAX_ENTRIES, RevNatV4, ServiceKeyV4, ServiceValue,
+    BACKENDS_MAX_ENTRIES, BackendV4, MaglevKeyV4, REV_NAT_MAX_ENTRIES, RevNatV4, ServiceKeyV4,
+    ServiceValue, service_flags,
 };
 
 use crate::desired::DesiredBackend;
 use crate::error::{Error, Result};
 use crate::ids::IdAllocator;
 use crate::keys::{BackendKey, FrontendKey, MasterKey};
+use crate::maglev;
 
 /// What one master entry should hold; ids are resolved here.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +50,8 @@ pub(crate) struct Programmed {
     /// Service map keys found at adoption that this engine never writes
     /// (unknown protocol or scope, padding): deleted by the first resync.
     garbage: Vec<ServiceKeyV4>,
+    /// Maglev tables in the map, by key, as digests of their content.
+    maglev: HashMap<MaglevKeyV4, u64>,
     /// Backends whose references changed: deleted or re-flagged by `sweep`.
     backend_candidates: BTreeSet<u32>,
     /// Service ids whose references changed: released by `sweep`.
@@ -130,6 +134,15 @@ struct ServiceIdState {
     refs: u32,
 }
 
+/// The Maglev map key of `key`'s master entry with `service_id`.
+fn maglev_key(service_id: u32, key: MasterKey) -> MaglevKeyV4 {
+    MaglevKeyV4 {
+        service_id,
+        scope: key.scope.raw(),
+        pad: [0; 3],
+    }
+}
+
 fn slot_index(slot: usize) -> u16 {
     u16::try_from(slot).expect("slot numbers are bounded by desired::MAX_SLOTS")
 }
@@ -146,6 +159,7 @@ impl Programmed {
             service_ids: HashMap::new(),
             service_alloc: IdAllocator::new("service", REV_NAT_MAX_ENTRIES),
             garbage: Vec::new(),
+            maglev: HashMap::new(),
             backend_candidates: BTreeSet::new(),
             service_candidates: BTreeSet::new(),
             ops: 0,
@@ -184,6 +198,9 @@ impl Programmed {
                     refs: 0,
                 },
             );
+        }
+        for (key, table) in &dump.maglev {
+            this.maglev.insert(*key, maglev::digest(&table[..]));
         }
         for (raw, value) in dump.services {
             let Some((key, slot)) = MasterKey::from_entry(&raw) else {
@@ -300,6 +317,28 @@ impl Programmed {
             ids.push(self.ensure_backend(maps, backend)?);
         }
         let count = ids.len();
+        // The Maglev table names only backends that exist (written above,
+        // deleted no earlier than the next sweep), so it may change before
+        // or after the master: the kernel swaps a table value whole.
+        let maglev_key = maglev_key(service_id, key);
+        let wants_table = target.flags & service_flags::MAGLEV != 0 && count > 0;
+        if wants_table {
+            let members: Vec<(BackendKey, u32)> = target
+                .backends
+                .iter()
+                .map(|b| b.key)
+                .zip(ids.iter().copied())
+                .collect();
+            let table = maglev::table(&members).expect("count > 0");
+            let digest = maglev::digest(&table[..]);
+            if self.maglev.get(&maglev_key) != Some(&digest) {
+                maps.update_maglev(maglev_key, &table).map_err(|e| {
+                    Error::map_write(format!("update Maglev table of {key}"), e)
+                })?;
+                self.ops += 1;
+                self.maglev.insert(maglev_key, digest);
+            }
+        }
         let master = ServiceValue {
             backend_id: 0,
             count: slot_index(count),
@@ -345,6 +384,22 @@ impl Programmed {
                 self.delete_slot(maps, key, state, slot)?;
             }
         }
+        // A table the master no longer uses goes after the master stopped
+        // pointing at it.
+        if !wants_table {
+            self.delete_maglev(maps, maglev_key)?;
+        }
+        Ok(())
+    }
+
+    fn delete_maglev(&mut self, maps: &mut impl ServiceMaps, key: MaglevKeyV4) -> Result<()> {
+        if self.maglev.contains_key(&key) {
+            maps.delete_maglev(key).map_err(|e| {
+                Error::map_write(format!("delete Maglev table {key:?}"), e)
+            })?;
+            self.ops += 1;
+            self.maglev.remove(&key);
+        }
         Ok(())
     }
 
@@ -359,6 +414,7 @@ impl Programmed {
                 .map_err(|e| Error::map_write(format!("delete master of {key}"), e))?;
             self.ops += 1;
             if let Some(old) = state.master.take() {
+                self.delete_maglev(maps, maglev_key(old.service_id, key))?;
                 self.unref_service_id(old.service_id);
             }
         }
@@ -398,6 +454,20 @@ impl Programmed {
     /// [`Programmed::sweep`] over every id, not only those that changed:
     /// removes what an adopted state held that nothing names.
     pub fn sweep_all(&mut self, maps: &mut impl ServiceMaps) -> Result<()> {
+        let used: BTreeSet<MaglevKeyV4> = self
+            .frontends
+            .iter()
+            .filter_map(|(key, state)| {
+                let master = state.master?;
+                (master.flags & service_flags::MAGLEV != 0 && master.count > 0)
+                    .then(|| maglev_key(master.service_id, *key))
+            })
+            .collect();
+        let unused: Vec<MaglevKeyV4> =
+            self.maglev.keys().filter(|k| !used.contains(k)).copied().collect();
+        for key in unused {
+            self.delete_maglev(maps, key)?;
+        }
         self.service_candidates.extend(self.services.keys());
         self.backend_candidates.extend(self.backends.keys());
         self.sweep(maps)

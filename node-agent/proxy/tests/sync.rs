@@ -9,8 +9,10 @@ use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use coxswain_dataplane::{MapOp, MapWriteError, MemoryServiceMaps, ServiceMaps, ServiceMapsDump};
-use coxswain_ebpf_common::{BackendV4, RevNatV4, ServiceKeyV4, ServiceValue, proto, scope};
-use coxswain_proxy::{Error, NodeInfo, ProxyState};
+use coxswain_ebpf_common::{
+    BackendV4, MaglevKeyV4, MaglevTable, RevNatV4, ServiceKeyV4, ServiceValue, proto, scope,
+};
+use coxswain_proxy::{Error, LbAlgorithm, NodeInfo, ProxyState};
 use support::{
     Harness, NODE, SliceBuilder, SvcBuilder, assert_consistent, assert_converged, cluster, node,
     pod_ip, render_maps, render_op, slice, svc,
@@ -134,6 +136,7 @@ fn cluster_ip_with_three_endpoints_exact_entries() {
                 pad: 0,
             },
         )]),
+        maglev: BTreeMap::new(),
     };
     assert_eq!(h.maps.state, want);
 }
@@ -746,6 +749,7 @@ fn adopt_keeps_ids_a_previous_agent_chose() {
                 pad: 0,
             },
         )]),
+        maglev: BTreeMap::new(),
     };
     let mut maps = MemoryServiceMaps {
         state: dump.clone(),
@@ -978,6 +982,18 @@ impl ServiceMaps for FailingMaps {
         self.tick()?;
         self.inner.delete_rev_nat(id)
     }
+    fn update_maglev(
+        &mut self,
+        key: MaglevKeyV4,
+        table: &MaglevTable,
+    ) -> Result<(), MapWriteError> {
+        self.tick()?;
+        self.inner.update_maglev(key, table)
+    }
+    fn delete_maglev(&mut self, key: MaglevKeyV4) -> Result<(), MapWriteError> {
+        self.tick()?;
+        self.inner.delete_maglev(key)
+    }
     fn dump(&self) -> Result<ServiceMapsDump, MapWriteError> {
         self.inner.dump()
     }
@@ -1122,4 +1138,147 @@ fn one_change_among_ten_thousand_services() {
         "one endpoint added among {SERVICES} Services: {} ops in {elapsed:?}",
         report.ops
     );
+}
+
+// ---------------------------------------------------------------- Maglev
+
+fn maglev_web() -> SvcBuilder {
+    web().lb_algorithm("maglev")
+}
+
+#[test]
+fn a_maglev_service_gets_its_table_before_its_master() {
+    let mut h = Harness::new();
+    h.svc(&maglev_web());
+    h.slice(&web_slice().ep("10.0.0.1").ep("10.0.0.2"));
+    let ops = h.ops();
+    let table = ops.iter().position(|op| op.starts_with("set maglev")).expect("a table is written");
+    let master = ops
+        .iter()
+        .rposition(|op| op.starts_with("set master"))
+        .expect("the master is written");
+    assert!(table < master, "table after master: {ops:#?}");
+    assert_eq!(h.lines(), ["10.96.0.10:80/TCP all [maglev] -> 10.0.0.1:8080 10.0.0.2:8080"]);
+    assert_eq!(h.maps.state.maglev.len(), 1);
+
+    // A third endpoint: one new table, nothing else rewritten but what grows.
+    h.slice(&web_slice().ep("10.0.0.1").ep("10.0.0.2").ep("10.0.0.3"));
+    assert_eq!(
+        h.ops(),
+        [
+            "set backend 3 = 10.0.0.3:8080",
+            "set maglev 1/0",
+            "set slot 10.96.0.10:80/TCP#3 -> backend 3",
+            "set master 10.96.0.10:80/TCP count=3 id=1 [maglev]",
+        ]
+    );
+    // An endpoint leaves: the table stops naming it before it is deleted
+    // (the observer checks every intermediate state).
+    h.slice(&web_slice().ep("10.0.0.2").ep("10.0.0.3"));
+    let ops = h.ops();
+    let table = ops.iter().position(|op| op == "set maglev 1/0").expect("new table");
+    let gone = ops.iter().position(|op| op == "del backend 1").expect("backend deleted");
+    assert!(table < gone, "{ops:#?}");
+}
+
+#[test]
+fn the_agent_default_and_the_annotation_choose_the_algorithm() {
+    let mut h = Harness::new();
+    h.proxy = ProxyState::new(node()).with_lb_algorithm(LbAlgorithm::Maglev);
+    h.proxy.full_resync(&mut h.maps).unwrap();
+    h.svc(&web());
+    h.svc(&api().lb_algorithm("random"));
+    h.slice(&web_slice().ep("10.0.0.1"));
+    h.slice(&api_slice().ep("10.0.1.1"));
+    assert_eq!(
+        h.lines(),
+        [
+            "10.96.0.10:80/TCP all [maglev] -> 10.0.0.1:8080",
+            "10.96.0.20:80/TCP all [-] -> 10.0.1.1:8080",
+        ]
+    );
+    // An unknown value is the agent's default, not an error.
+    h.svc(&api().lb_algorithm("round-robin"));
+    assert_eq!(h.lines()[1], "10.96.0.20:80/TCP all [maglev] -> 10.0.1.1:8080");
+    assert_eq!(h.maps.state.maglev.len(), 2);
+}
+
+#[test]
+fn turning_maglev_off_or_losing_every_endpoint_removes_the_table_after_the_master() {
+    let mut h = Harness::new();
+    h.svc(&maglev_web());
+    h.slice(&web_slice().ep("10.0.0.1").ep("10.0.0.2"));
+    h.ops();
+    h.svc(&web());
+    assert_eq!(
+        h.ops(),
+        ["set master 10.96.0.10:80/TCP count=2 id=1", "del maglev 1/0"]
+    );
+    h.svc(&maglev_web());
+    h.ops();
+    h.slice(&web_slice());
+    let ops = h.ops();
+    assert!(ops.contains(&"del maglev 1/0".to_owned()), "{ops:#?}");
+    assert_eq!(h.lines(), ["10.96.0.10:80/TCP all [maglev] -> reject"]);
+    h.slice(&web_slice().ep("10.0.0.1"));
+    h.delete_svc("default", "web");
+    assert!(h.maps.state.maglev.is_empty());
+    assert!(h.maps.state.services.is_empty());
+}
+
+#[test]
+fn a_restarted_agent_adopts_maglev_tables_and_deletes_orphans() {
+    let mut h = Harness::new();
+    h.svc(&maglev_web());
+    h.slice(&web_slice().ep("10.0.0.1").ep("10.0.0.2").ep("10.0.0.3"));
+    let mut dump = h.maps.dump().unwrap();
+    // A table nothing names (left by a crash between two writes).
+    let orphan = MaglevKeyV4 { service_id: 42, scope: scope::LOCAL, pad: [0; 3] };
+    let some_table = dump.maglev.values().next().unwrap().clone();
+    dump.maglev.insert(orphan, some_table);
+    let mut maps = MemoryServiceMaps {
+        state: dump,
+        observer: Some(assert_consistent),
+        ..MemoryServiceMaps::default()
+    };
+    let mut proxy = ProxyState::new(node());
+    proxy.adopt(maps.dump().unwrap()).unwrap();
+    proxy.upsert_service(&mut maps, &maglev_web()).unwrap();
+    proxy
+        .upsert_endpoint_slice(&mut maps, &web_slice().ep("10.0.0.1").ep("10.0.0.2").ep("10.0.0.3"))
+        .unwrap();
+    let report = proxy.full_resync(&mut maps).unwrap();
+    assert_eq!(maps.ops.iter().map(render_op).collect::<Vec<_>>(), ["del maglev 42/1"]);
+    assert_eq!(report.ops, 1);
+    assert_converged(&proxy, &maps.state);
+}
+
+#[test]
+fn failed_maglev_writes_leave_consistent_maps_and_are_retried() {
+    for fail_at in 0..6 {
+        let mut maps = FailingMaps {
+            inner: MemoryServiceMaps {
+                observer: Some(assert_consistent),
+                ..MemoryServiceMaps::default()
+            },
+            fail_in: None,
+        };
+        let mut proxy = ProxyState::new(node());
+        proxy.full_resync(&mut maps).unwrap();
+        proxy.upsert_service(&mut maps, &maglev_web()).unwrap();
+        proxy
+            .upsert_endpoint_slice(&mut maps, &web_slice().ep("10.0.0.1").ep("10.0.0.2"))
+            .unwrap();
+        // Swap one endpoint for another: backend, table, slot, sweep.
+        maps.fail_in = Some(fail_at);
+        let _ = proxy.upsert_endpoint_slice(&mut maps, &web_slice().ep("10.0.0.2").ep("10.0.0.3"));
+        maps.fail_in = None;
+        proxy.full_resync(&mut maps).unwrap();
+        assert_converged(&proxy, &maps.inner.state);
+        assert_eq!(
+            render_maps(&maps.inner.state),
+            ["10.96.0.10:80/TCP all [maglev] -> 10.0.0.2:8080 10.0.0.3:8080"],
+            "fail_at {fail_at}"
+        );
+    }
 }

@@ -12,7 +12,9 @@ use std::net::Ipv4Addr;
 use std::ops::Deref;
 
 use coxswain_dataplane::{MapOp, MemoryServiceMaps, ServiceMapsDump};
-use coxswain_ebpf_common::{BackendV4, ServiceKeyV4, ServiceValue, proto, scope, service_flags};
+use coxswain_ebpf_common::{
+    BackendV4, MaglevKeyV4, ServiceKeyV4, ServiceValue, proto, scope, service_flags,
+};
 use coxswain_proxy::{
     BACKEND_FLAG_NAMES, NodeInfo, ProxyState, SERVICE_FLAG_NAMES, SERVICE_NAME_LABEL, SyncReport,
     flag_names,
@@ -163,6 +165,16 @@ impl SvcBuilder {
 
     pub fn itp_local(mut self) -> Self {
         self.spec().internal_traffic_policy = Some("Local".to_owned());
+        self
+    }
+
+    /// The `coxswain.io/lb-algorithm` annotation.
+    pub fn lb_algorithm(mut self, algorithm: &str) -> Self {
+        self.0
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(coxswain_proxy::LB_ALGORITHM_ANNOTATION.to_owned(), algorithm.to_owned());
         self
     }
 
@@ -387,8 +399,17 @@ impl Default for Harness {
 
 /// The kernel's invariant, checked after every map operation: a master
 /// counting `n` has slots `1..=n` with its service id, its reverse-NAT entry
-/// names its address and port, and every slot names an existing backend.
+/// names its address and port, and every slot names an existing backend;
+/// every entry of every Maglev table names an existing backend.
 pub fn assert_consistent(state: &ServiceMapsDump, op: &MapOp) {
+    for (key, table) in &state.maglev {
+        if let Some(missing) = table.iter().find(|id| !state.backends.contains_key(id)) {
+            panic!(
+                "after {}: Maglev table {key:?} names missing backend {missing}",
+                render_op(op)
+            );
+        }
+    }
     for (key, value) in &state.services {
         if key.slot != 0 {
             assert!(
@@ -482,6 +503,34 @@ pub fn assert_converged(proxy: &ProxyState, state: &ServiceMapsDump) {
         state.rev_nat.keys().copied().collect::<BTreeSet<_>>(),
         named_services,
         "unreferenced rev_nat entries"
+    );
+    // A Maglev table exactly for each Maglev master with backends, naming
+    // exactly that master's slots' backends.
+    let mut wanted_tables = BTreeSet::new();
+    for (key, master) in state.services.iter().filter(|(k, _)| k.slot == 0) {
+        if master.flags & service_flags::MAGLEV == 0 || master.count == 0 {
+            continue;
+        }
+        let table_key = MaglevKeyV4 {
+            service_id: master.service_id,
+            scope: key.scope,
+            pad: [0; 3],
+        };
+        let table = state
+            .maglev
+            .get(&table_key)
+            .unwrap_or_else(|| panic!("Maglev master {} has no table", render_key(key)));
+        let slots: BTreeSet<u32> = (1..=master.count)
+            .map(|slot| state.services[&ServiceKeyV4 { slot, ..*key }].backend_id)
+            .collect();
+        let in_table: BTreeSet<u32> = table.iter().copied().collect();
+        assert_eq!(in_table, slots, "Maglev table of {} and its slots", render_key(key));
+        wanted_tables.insert(table_key);
+    }
+    assert_eq!(
+        state.maglev.keys().copied().collect::<BTreeSet<_>>(),
+        wanted_tables,
+        "unreferenced Maglev tables"
     );
 }
 
@@ -615,6 +664,10 @@ pub fn render_op(op: &MapOp) -> String {
             )
         }
         MapOp::DeleteRevNat(id) => format!("del rev_nat {id}"),
+        MapOp::UpdateMaglev(key) => {
+            format!("set maglev {}/{}", key.service_id, key.scope)
+        }
+        MapOp::DeleteMaglev(key) => format!("del maglev {}/{}", key.service_id, key.scope),
     }
 }
 
