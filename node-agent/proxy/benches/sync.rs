@@ -1,6 +1,8 @@
 //! Sync engine costs against in-memory maps (`cargo bench -p coxswain-proxy`):
 //! programming N Services of 10 endpoints from scratch, and one endpoint
-//! change among 10,000 Services (p50/p99 over 1,000 changes).
+//! change among 10,000 Services (p50/p99 over 1,000 changes), with random
+//! backend choice and with Maglev (each change also recomputes and writes
+//! the Service's 16,381-entry table).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -8,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use coxswain_dataplane::MemoryServiceMaps;
-use coxswain_proxy::ProxyState;
+use coxswain_proxy::{LbAlgorithm, ProxyState};
 use support::{SliceBuilder, SvcBuilder, cluster, node, pod_ip};
 
 const ENDPOINTS: u32 = 10;
@@ -16,9 +18,10 @@ const ENDPOINTS: u32 = 10;
 /// Loads every object (deferred), then one full resync.
 fn program(
     objects: &[(SvcBuilder, SliceBuilder)],
+    algorithm: LbAlgorithm,
 ) -> (ProxyState, MemoryServiceMaps, Duration, usize) {
     let mut maps = MemoryServiceMaps::default();
-    let mut proxy = ProxyState::new(node());
+    let mut proxy = ProxyState::new(node()).with_lb_algorithm(algorithm);
     let started = Instant::now();
     for (service, slice) in objects {
         proxy
@@ -55,7 +58,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn main() {
     for n in [1_000, 10_000] {
         let objects = cluster(n, ENDPOINTS);
-        let (_, maps, elapsed, ops) = program(&objects);
+        let (_, maps, elapsed, ops) = program(&objects, LbAlgorithm::Random);
         println!(
             "program {n:>6} Services x {ENDPOINTS} endpoints from scratch (load + full_resync): {elapsed:>10.2?}  ({ops} ops, {} service entries)",
             maps.state.services.len()
@@ -66,10 +69,20 @@ fn main() {
         );
     }
 
+    for algorithm in [LbAlgorithm::Random, LbAlgorithm::Maglev] {
+        one_endpoint_changes(algorithm);
+    }
+}
+
+/// One endpoint change at a time among 10,000 Services.
+fn one_endpoint_changes(algorithm: LbAlgorithm) {
     const SERVICES: u32 = 10_000;
     const CHANGES: u32 = 1_000;
     let objects = cluster(SERVICES, ENDPOINTS);
-    let (mut proxy, mut maps, _, _) = program(&objects);
+    let (mut proxy, mut maps, elapsed, _) = program(&objects, algorithm);
+    if algorithm == LbAlgorithm::Maglev {
+        println!("program {SERVICES:>6} Services x {ENDPOINTS} endpoints with Maglev tables:            {elapsed:>10.2?}");
+    }
     let mut samples = Vec::with_capacity(CHANGES as usize);
     let mut ops = 0;
     for change in 0..CHANGES {
@@ -90,7 +103,7 @@ fn main() {
     }
     samples.sort_unstable();
     println!(
-        "one endpoint change at {SERVICES} Services ({CHANGES} changes, {:.1} ops each): p50 {:.2?}  p99 {:.2?}  max {:.2?}",
+        "one endpoint change at {SERVICES} Services, {algorithm:>6} ({CHANGES} changes, {:.1} ops each): p50 {:.2?}  p99 {:.2?}  max {:.2?}",
         ops as f64 / f64::from(CHANGES),
         percentile(&samples, 0.50),
         percentile(&samples, 0.99),

@@ -55,19 +55,27 @@ fn table_of_size(backends: &[(BackendKey, u32)], size: usize) -> Option<Vec<u32>
             )
         })
         .collect();
-    let mut next = vec![0u64; sorted.len()];
+    // Each backend's position in its preference list, advanced by adding
+    // `skip` modulo M (no division on the hot loop).
+    let mut position: Vec<u64> = perms.iter().map(|&(offset, _)| offset).collect();
     let mut entries = vec![EMPTY; size];
     let mut filled = 0;
     loop {
         for (i, &(_, id)) in sorted.iter().enumerate() {
-            let (offset, skip) = perms[i];
-            let mut c = (offset + next[i] * skip) % m;
+            let skip = perms[i].1;
+            let mut c = position[i];
             while entries[c as usize] != EMPTY {
-                next[i] += 1;
-                c = (offset + next[i] * skip) % m;
+                c += skip;
+                if c >= m {
+                    c -= m;
+                }
             }
             entries[c as usize] = id;
-            next[i] += 1;
+            c += skip;
+            if c >= m {
+                c -= m;
+            }
+            position[i] = c;
             filled += 1;
             if filled == size {
                 return Some(entries);
@@ -104,8 +112,9 @@ fn hash64(seed: u64, bytes: &[u8]) -> u64 {
 /// A digest of a table, to tell whether the maps hold the wanted one
 /// without keeping 64 KiB per Service in the agent.
 pub(crate) fn digest(table: &[u32]) -> u64 {
-    let bytes: Vec<u8> = table.iter().flat_map(|id| id.to_le_bytes()).collect();
-    hash64(0, &bytes)
+    table.iter().fold(0x9e37_79b9_7f4a_7c15, |h: u64, &id| {
+        (h ^ u64::from(id)).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29)
+    })
 }
 
 #[cfg(test)]
