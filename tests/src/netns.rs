@@ -401,4 +401,33 @@ impl TwoNodeLan {
             _lan: lan,
         })
     }
+
+    /// The LAN namespace (the bridge and its ports `p-client`, `p-node0`,
+    /// `p-node1`).
+    pub fn lan(&self) -> &NetNs {
+        &self._lan
+    }
+
+    /// Makes the client and the pods send complete checksums, as packets
+    /// from other machines carry them. A local stack sending through veths
+    /// leaves them partial (offloaded), the kernel remembering it in the
+    /// skb, which XDP cannot see: its incremental update assumes complete
+    /// checksums, as every NIC delivers.
+    pub fn complete_checksums(&self) -> Result<()> {
+        let ethtool = |ns: &NetNs, args: &[&str]| -> Result<()> {
+            let out = ns.exec("ethtool", args)?;
+            anyhow::ensure!(
+                out.status.success(),
+                "ethtool {args:?} in {}: {}",
+                ns.name(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        ethtool(&self.client, &["-K", "uplink", "tx", "off"])?;
+        for pod in &self.pods {
+            ethtool(pod, &["-K", "eth0", "tx", "off"])?;
+        }
+        Ok(())
+    }
 }

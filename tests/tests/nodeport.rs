@@ -9,7 +9,8 @@ use std::{
     net::{SocketAddr, TcpStream},
 };
 
-use coxswain_dataplane::{Dataplane, LoadOptions, locate_object};
+use coxswain_dataplane::{Dataplane, LoadOptions, XdpMode, locate_object};
+use coxswain_ebpf_common::nodeport_verdict;
 use coxswain_proxy::{NodeInfo, ProxyState};
 use coxswain_tests::{
     fixture::TIMEOUT,
@@ -24,6 +25,8 @@ const NODE_PORT: u16 = 30080;
 
 struct Cluster {
     lan: TwoNodeLan,
+    /// Node A's LAN port with an XDP program of its own, for native XDP.
+    _switch_port: Option<(Dataplane, PinDir)>,
     dataplane: Dataplane,
     proxy: ProxyState,
     _servers: Vec<NameServer>,
@@ -32,8 +35,38 @@ struct Cluster {
 
 impl Cluster {
     fn new(net: u8) -> Self {
+        Self::with_xdp(net, None)
+    }
+
+    /// Node A with NodePort acceleration at XDP in `xdp` mode (and the tc
+    /// programs, as the agent attaches them).
+    fn with_xdp(net: u8, xdp: Option<XdpMode>) -> Self {
         require_root();
         let lan = TwoNodeLan::create(net).expect("topology");
+        if xdp.is_some() {
+            lan.complete_checksums().expect("complete checksums");
+        }
+        // Native XDP on a veth sends frames back out (XDP_TX) only to a
+        // peer that processes XDP frames: give node A's LAN port a program
+        // (the packet counter, which passes everything), as a NIC would be.
+        let switch_port = (xdp == Some(XdpMode::Driver)).then(|| {
+            let pins = PinDir::new();
+            let object = locate_object(None).expect("eBPF object");
+            let dp = lan
+                .lan()
+                .run_in(|| {
+                    let mut dp = Dataplane::load_file_with(
+                        &object,
+                        &LoadOptions {
+                            pin_dir: pins.path().to_owned(),
+                        },
+                    )?;
+                    dp.attach_xdp("p-node0", XdpMode::Driver)?;
+                    Ok(dp)
+                })
+                .expect("XDP on node A's LAN port");
+            (dp, pins)
+        });
         let servers = vec![
             NameServer::start(&lan.pods[0], "a", 8080).expect("server on pod-a"),
             NameServer::start(&lan.pods[1], "b", 8080).expect("server on pod-b"),
@@ -50,6 +83,9 @@ impl Cluster {
                     },
                 )?;
                 dp.attach_nodeport_tc("uplink")?;
+                if let Some(mode) = xdp {
+                    dp.attach_nodeport_xdp("uplink", mode)?;
+                }
                 dp.attach_service_tc("pod")?;
                 Ok(dp)
             })
@@ -66,6 +102,7 @@ impl Cluster {
             .expect("initial sync");
         Cluster {
             lan,
+            _switch_port: switch_port,
             dataplane,
             proxy,
             _servers: servers,
@@ -172,4 +209,55 @@ fn nodeport_local_policy_keeps_the_client_address_and_stays_on_the_node() {
     c.program("Local", &[1]);
     let err = c.whoami(1).expect_err("no local endpoint");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+}
+
+/// Packets per NodePort XDP verdict on node A.
+fn xdp_verdicts(c: &Cluster) -> BTreeMap<&'static str, u64> {
+    c.dataplane
+        .nodeport_xdp_stats()
+        .expect("read XDP stats")
+        .into_iter()
+        .map(|(verdict, counters)| (nodeport_verdict::name(verdict), counters.packets))
+        .collect()
+}
+
+/// With acceleration, the same answers as with tc alone, but the work is
+/// done at XDP: flows to node A's pod are translated there and passed up,
+/// flows to node B's pod (and their replies) are translated and sent back
+/// out of the uplink without entering node A's stack.
+fn nodeport_at_xdp(net: u8, mode: XdpMode) {
+    let mut c = Cluster::with_xdp(net, Some(mode));
+    c.program("Cluster", &[0, 1]);
+    let seen = c.whoami(40).expect("connections through the NodePort");
+    let client = c.lan.client_addr.to_string();
+    let node_a = c.lan.node_addrs[0].to_string();
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        [&format!("a:{client}"), &format!("b:{node_a}")],
+        "seen: {seen:?}"
+    );
+    let verdicts = xdp_verdicts(&c);
+    // Each connection is at least 3 packets from the client and 2 replies.
+    assert!(verdicts.get("local").copied().unwrap_or(0) >= 3, "{verdicts:?}");
+    assert!(verdicts.get("tx").copied().unwrap_or(0) >= 5, "{verdicts:?}");
+
+    // Local policy: the client address kept, node A's pod only; with no
+    // local endpoint the tc program behind refuses the connection.
+    c.program("Local", &[0, 1]);
+    let seen = c.whoami(20).expect("connections through the NodePort");
+    assert_eq!(seen.keys().collect::<Vec<_>>(), [&format!("a:{client}")], "seen: {seen:?}");
+    c.program("Local", &[1]);
+    let err = c.whoami(1).expect_err("no local endpoint");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(xdp_verdicts(&c).get("pass").copied().unwrap_or(0) >= 1, "the refusal is tc's");
+}
+
+#[test]
+fn nodeport_at_native_xdp_translates_before_the_stack() {
+    nodeport_at_xdp(217, XdpMode::Driver);
+}
+
+#[test]
+fn nodeport_at_generic_xdp_translates_before_the_stack() {
+    nodeport_at_xdp(218, XdpMode::Skb);
 }

@@ -21,6 +21,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "libprotobuf-dev",
     "busybox-static",
     "bpftool",
+    "ethtool",
     "python3-venv",
     "curl",
 ];

@@ -55,6 +55,13 @@ pub mod names {
     /// load-balancer IPs from other machines (honours
     /// `externalTrafficPolicy`), and the replies of source-NATed flows.
     pub const PROG_NODEPORT_TC: &str = "nodeport_tc";
+    /// XDP program for the node's uplink: NodePort acceleration (external
+    /// flows translated, and those to other nodes sent back out, before an
+    /// skb exists); what it does not handle passes to `nodeport_tc`.
+    pub const PROG_NODEPORT_XDP: &str = "nodeport_xdp";
+    /// Per-CPU hash map: a [`nodeport_verdict`](crate::nodeport_verdict) →
+    /// [`Counters`](crate::Counters): what `nodeport_xdp` did with packets.
+    pub const NODEPORT_XDP_STATS: &str = "NODEPORT_XDP_STATS";
     /// tc classifier on the uplink's egress: replies of external flows get
     /// the Service address back as their source.
     pub const PROG_NODEPORT_EGRESS_TC: &str = "nodeport_egress_tc";
@@ -65,6 +72,29 @@ pub mod names {
     /// [`MaglevTable`](crate::MaglevTable), the Maglev lookup table of a
     /// master entry with [`service_flags::MAGLEV`](crate::service_flags::MAGLEV).
     pub const MAGLEV_V4: &str = "MAGLEV_V4";
+}
+
+/// What the NodePort XDP program did with a packet (keys of
+/// `NODEPORT_XDP_STATS`).
+pub mod nodeport_verdict {
+    /// Translated for a backend on this node and passed up the stack.
+    pub const LOCAL: u32 = 0;
+    /// Translated and sent back out of the uplink (a backend on another
+    /// node, or the reply to the client of such a flow).
+    pub const TX: u32 = 1;
+    /// Addressed to a Service but left to the tc program (no endpoint to
+    /// refuse with, next hop not resolved yet, IP options, fragments...).
+    pub const PASS: u32 = 2;
+
+    /// `local`, `tx` or `pass`.
+    pub const fn name(verdict: u32) -> &'static str {
+        match verdict {
+            LOCAL => "local",
+            TX => "tx",
+            PASS => "pass",
+            _ => "unknown",
+        }
+    }
 }
 
 /// Upper bound of distinct (interface, hook) pairs the counter map holds.

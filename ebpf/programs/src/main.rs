@@ -9,6 +9,7 @@
 
 mod service;
 mod sock;
+mod xdp;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},

@@ -29,7 +29,7 @@ pub(crate) static SERVICES_V4: HashMap<ServiceKeyV4, ServiceValue> =
 static BACKENDS_V4: HashMap<u32, BackendV4> = HashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
 
 #[map]
-static REV_NAT_V4: HashMap<u32, RevNatV4> = HashMap::pinned(REV_NAT_MAX_ENTRIES, 0);
+pub(crate) static REV_NAT_V4: HashMap<u32, RevNatV4> = HashMap::pinned(REV_NAT_MAX_ENTRIES, 0);
 
 /// Maglev lookup tables of the master entries with `service_flags::MAGLEV`.
 /// Not preallocated (`BPF_F_NO_PREALLOC`): each table is 64 KiB, and only
@@ -58,15 +58,15 @@ static AFFINITY_V4: LruHashMap<AffinityKeyV4, AffinityValue> =
 
 /// Packets and bytes per Service frontend (by service id), per CPU.
 #[map]
-static SERVICE_STATS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(REV_NAT_MAX_ENTRIES, 0);
+pub(crate) static SERVICE_STATS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(REV_NAT_MAX_ENTRIES, 0);
 
 /// Packets and bytes per backend (by backend id), per CPU.
 #[map]
-static BACKEND_STATS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
+pub(crate) static BACKEND_STATS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
 
 /// Adds one packet of `len` bytes to a counter map entry.
 #[inline(always)]
-fn count(map: &PerCpuHashMap<u32, Counters>, id: u32, len: u64) {
+pub(crate) fn count(map: &PerCpuHashMap<u32, Counters>, id: u32, len: u64) {
     match map.get_ptr_mut(&id) {
         // SAFETY: a per-CPU value: only this CPU writes it while we run.
         Some(c) => unsafe {
@@ -120,15 +120,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, ()> {
     let Some(flow) = parse(ctx)? else {
         return Ok(TC_ACT_OK);
     };
-    let mut key = CtKeyV4 {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: flow.dport,
-        proto: flow.proto,
-        dir: ct_dir::SNAT_OUT,
-        pad: [0; 2],
-    };
+    let mut key = flow.key(ct_dir::SNAT_OUT);
     // Client → remote backend: take the node's address as the source.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(ct) = CONNTRACK_V4.get_ptr_mut(&key) {
@@ -166,14 +158,14 @@ fn try_egress(ctx: &TcContext) -> Result<i32, ()> {
 
 /// The parts of an IPv4 TCP/UDP packet the translation needs.
 pub(crate) struct Flow {
-    saddr: u32,
-    daddr: u32,
-    sport: u16,
-    dport: u16,
-    proto: u8,
-    l4_off: usize,
+    pub(crate) saddr: u32,
+    pub(crate) daddr: u32,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) proto: u8,
+    pub(crate) l4_off: usize,
     /// TCP flags (0 for other protocols).
-    tcp_flags: u8,
+    pub(crate) tcp_flags: u8,
 }
 
 /// TCP header flag bits.
@@ -185,6 +177,20 @@ mod tcp {
 }
 
 impl Flow {
+    /// The conntrack key of this packet's tuple in direction `dir`.
+    #[inline(always)]
+    pub(crate) fn key(&self, dir: u8) -> CtKeyV4 {
+        CtKeyV4 {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            dir,
+            pad: [0; 2],
+        }
+    }
+
     /// A FIN or RST: the connection is closing.
     #[inline(always)]
     fn closes(&self) -> bool {
@@ -244,25 +250,7 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
 
     // A reply from a backend: restore the Service address as the source
     // (and, for a source-NATed flow, the client as the destination).
-    let reply_key = CtKeyV4 {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: flow.dport,
-        proto: flow.proto,
-        dir: ct_dir::REPLY,
-        pad: [0; 2],
-    };
-    if let Some(ct) = CONNTRACK_V4.get_ptr_mut(&reply_key) {
-        // SAFETY: a valid map value pointer; a racing writer can only make
-        // the timestamp slightly stale.
-        let ct = unsafe {
-            (*ct).last_seen_ns = now;
-            if flow.closes() {
-                (*ct).flags |= ct_flags::CLOSING;
-            }
-            *ct
-        };
+    if let Some(ct) = reply_entry(&flow, now) {
         let len = u64::from(ctx.len());
         count(&SERVICE_STATS, ct.service_id, len);
         count(&BACKEND_STATS, ct.backend_id, len);
@@ -289,132 +277,15 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
         return Ok(TC_ACT_OK);
     }
 
-    // Addressed to a Service? From outside the node, a Service with
-    // `externalTrafficPolicy: Local` has a LOCAL-scope entry listing only
-    // this node's endpoints; it wins over the ALL entry.
-    let mut master_key = ServiceKeyV4 {
-        addr: flow.daddr,
-        port: flow.dport,
-        slot: 0,
-        proto: flow.proto,
-        scope: scope::LOCAL,
-        pad: [0; 2],
-    };
-    let mut found = if external {
-        SERVICES_V4.get_ptr(&master_key)
-    } else {
-        None
-    };
-    if found.is_none() {
-        master_key.scope = scope::ALL;
-        found = SERVICES_V4.get_ptr(&master_key);
-    }
-    let Some(master) = found else {
+    let Some((master_key, master)) = lookup_master(&flow, external) else {
         return Ok(TC_ACT_OK);
     };
-    let master = unsafe { *master };
-
-    let fwd_key = CtKeyV4 {
-        dir: ct_dir::FORWARD,
-        ..reply_key
-    };
-    // An established flow keeps its backend, even after endpoint changes.
-    // A new SYN on the tuple of a closed connection (the client reused its
-    // port) is a new connection: it is balanced afresh rather than sent to
-    // the old connection's backend, which may have left the Service.
-    let existing = match CONNTRACK_V4.get_ptr_mut(&fwd_key) {
-        Some(ct) => unsafe {
-            if (*ct).flags & ct_flags::CLOSING != 0 && flow.opens() {
-                // The old connection's other entries go with it; the forward
-                // entry is overwritten below.
-                let old = *ct;
-                let keys = FlowKeys::of(&fwd_key, &old);
-                let _ = CONNTRACK_V4.remove(&keys.reply);
-                if old.flags & ct_flags::EXTERNAL != 0 {
-                    let _ = CONNTRACK_V4.remove(&keys.egress);
-                    if old.flags & ct_flags::SNAT != 0 {
-                        let _ = CONNTRACK_V4.remove(&keys.snat_out);
-                    }
-                }
-                None
-            } else {
-                (*ct).last_seen_ns = now;
-                if flow.closes() {
-                    (*ct).flags |= ct_flags::CLOSING;
-                }
-                Some(*ct)
-            }
-        },
-        None => None,
-    };
-    let ct = match existing {
-        Some(ct) => ct,
-        None => {
-            if master.count == 0 {
-                // No usable endpoint: refuse at once rather than black-hole,
-                // as kube-proxy's REJECT rule does.
-                return Ok(reject(ctx));
-            }
-            let Some((backend_id, b)) =
-                pick_backend(&master_key, &master, flow.saddr, Some(&flow), now)
-            else {
-                return Ok(TC_ACT_SHOT);
-            };
-            // External traffic to a backend on another node must come back
-            // through this node: give it a node address as its source.
-            // Replies get their Service source back on egress, after
-            // routing, when the flow came from outside or is addressed to a
-            // node address (a pod reaching a NodePort): a reply whose source
-            // is a node address would be dropped as martian when it enters
-            // the node from another one.
-            let mut flags = if external || master.flags & service_flags::NODE_PORT != 0 {
-                ct_flags::EXTERNAL
-            } else {
-                0
-            };
-            let mut snat_addr = 0;
-            if external
-                && master.flags & service_flags::SNAT != 0
-                && b.flags & backend_flags::LOCAL == 0
-            {
-                if let Some(cfg) = NODE_CONFIG_V4.get(0) {
-                    if cfg.snat_addr != 0 {
-                        flags |= ct_flags::SNAT;
-                        snat_addr = cfg.snat_addr;
-                    }
-                }
-            }
-            // Hairpin: a pod reaching itself through its Service would see
-            // its own address as the source and drop the packet; give the
-            // flow the Service address as its source instead.
-            if !external && b.addr == flow.saddr {
-                flags |= ct_flags::SNAT;
-                snat_addr = flow.daddr;
-            }
-            let value = CtValue {
-                backend_id,
-                service_id: master.service_id,
-                last_seen_ns: now,
-                backend_addr: b.addr,
-                backend_port: b.port,
-                flags,
-                client_addr: flow.saddr,
-                snat_addr,
-            };
-            let keys = FlowKeys::of(&fwd_key, &value);
-            // When the table is full, LRU eviction makes room; a failed
-            // insert only means this flow is balanced again on its next
-            // packet.
-            let _ = CONNTRACK_V4.insert(&fwd_key, &value, 0);
-            let _ = CONNTRACK_V4.insert(&keys.reply, &value, 0);
-            if flags & ct_flags::EXTERNAL != 0 {
-                let _ = CONNTRACK_V4.insert(&keys.egress, &value, 0);
-                if flags & ct_flags::SNAT != 0 {
-                    let _ = CONNTRACK_V4.insert(&keys.snat_out, &value, 0);
-                }
-            }
-            value
-        }
+    let ct = match forward_flow(&master_key, &master, &flow, external, now) {
+        Forward::Flow(ct) => ct,
+        // No usable endpoint: refuse at once rather than black-hole, as
+        // kube-proxy's REJECT rule does.
+        Forward::Reject => return Ok(reject(ctx)),
+        Forward::Drop => return Ok(TC_ACT_SHOT),
     };
     let len = u64::from(ctx.len());
     count(&SERVICE_STATS, ct.service_id, len);
@@ -435,6 +306,153 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
         ct.backend_port,
     )?;
     Ok(TC_ACT_OK)
+}
+
+/// The conntrack reply entry of a packet from a backend, refreshed (last
+/// seen, closing on FIN or RST).
+#[inline(always)]
+pub(crate) fn reply_entry(flow: &Flow, now: u64) -> Option<CtValue> {
+    let ct = CONNTRACK_V4.get_ptr_mut(&flow.key(ct_dir::REPLY))?;
+    // SAFETY: a valid map value pointer; a racing writer can only make the
+    // timestamp slightly stale.
+    Some(unsafe {
+        (*ct).last_seen_ns = now;
+        if flow.closes() {
+            (*ct).flags |= ct_flags::CLOSING;
+        }
+        *ct
+    })
+}
+
+/// The Service master entry the packet is addressed to. From outside the
+/// node (`external`), a Service with `externalTrafficPolicy: Local` has a
+/// LOCAL-scope entry listing only this node's endpoints; it wins over the
+/// ALL entry.
+#[inline(always)]
+pub(crate) fn lookup_master(flow: &Flow, external: bool) -> Option<(ServiceKeyV4, ServiceValue)> {
+    let mut key = ServiceKeyV4 {
+        addr: flow.daddr,
+        port: flow.dport,
+        slot: 0,
+        proto: flow.proto,
+        scope: scope::LOCAL,
+        pad: [0; 2],
+    };
+    if external {
+        if let Some(master) = SERVICES_V4.get_ptr(&key) {
+            return Some((key, unsafe { *master }));
+        }
+    }
+    key.scope = scope::ALL;
+    let master = SERVICES_V4.get_ptr(&key)?;
+    Some((key, unsafe { *master }))
+}
+
+/// What becomes of a packet addressed to a Service.
+pub(crate) enum Forward {
+    /// Translate it as this flow's entry says.
+    Flow(CtValue),
+    /// No usable endpoint: refuse it.
+    Reject,
+    /// The maps are inconsistent for a moment: drop it (the client
+    /// retransmits).
+    Drop,
+}
+
+/// Follows the flow's conntrack forward entry or, for a new flow, picks a
+/// backend and records the flow's entries.
+#[inline(always)]
+pub(crate) fn forward_flow(
+    master_key: &ServiceKeyV4,
+    master: &ServiceValue,
+    flow: &Flow,
+    external: bool,
+    now: u64,
+) -> Forward {
+    let fwd_key = flow.key(ct_dir::FORWARD);
+    // An established flow keeps its backend, even after endpoint changes.
+    // A new SYN on the tuple of a closed connection (the client reused its
+    // port) is a new connection: it is balanced afresh rather than sent to
+    // the old connection's backend, which may have left the Service.
+    if let Some(ct) = CONNTRACK_V4.get_ptr_mut(&fwd_key) {
+        unsafe {
+            if (*ct).flags & ct_flags::CLOSING != 0 && flow.opens() {
+                // The old connection's other entries go with it; the forward
+                // entry is overwritten below.
+                let old = *ct;
+                let keys = FlowKeys::of(&fwd_key, &old);
+                let _ = CONNTRACK_V4.remove(&keys.reply);
+                if old.flags & ct_flags::EXTERNAL != 0 {
+                    let _ = CONNTRACK_V4.remove(&keys.egress);
+                    if old.flags & ct_flags::SNAT != 0 {
+                        let _ = CONNTRACK_V4.remove(&keys.snat_out);
+                    }
+                }
+            } else {
+                (*ct).last_seen_ns = now;
+                if flow.closes() {
+                    (*ct).flags |= ct_flags::CLOSING;
+                }
+                return Forward::Flow(*ct);
+            }
+        }
+    }
+    if master.count == 0 {
+        return Forward::Reject;
+    }
+    let Some((backend_id, b)) = pick_backend(master_key, master, flow.saddr, Some(flow), now)
+    else {
+        return Forward::Drop;
+    };
+    // External traffic to a backend on another node must come back through
+    // this node: give it a node address as its source. Replies get their
+    // Service source back on egress, after routing, when the flow came from
+    // outside or is addressed to a node address (a pod reaching a
+    // NodePort): a reply whose source is a node address would be dropped as
+    // martian when it enters the node from another one.
+    let mut flags = if external || master.flags & service_flags::NODE_PORT != 0 {
+        ct_flags::EXTERNAL
+    } else {
+        0
+    };
+    let mut snat_addr = 0;
+    if external && master.flags & service_flags::SNAT != 0 && b.flags & backend_flags::LOCAL == 0 {
+        if let Some(cfg) = NODE_CONFIG_V4.get(0) {
+            if cfg.snat_addr != 0 {
+                flags |= ct_flags::SNAT;
+                snat_addr = cfg.snat_addr;
+            }
+        }
+    }
+    // Hairpin: a pod reaching itself through its Service would see its own
+    // address as the source and drop the packet; give the flow the Service
+    // address as its source instead.
+    if !external && b.addr == flow.saddr {
+        flags |= ct_flags::SNAT;
+        snat_addr = flow.daddr;
+    }
+    let value = CtValue {
+        backend_id,
+        service_id: master.service_id,
+        last_seen_ns: now,
+        backend_addr: b.addr,
+        backend_port: b.port,
+        flags,
+        client_addr: flow.saddr,
+        snat_addr,
+    };
+    let keys = FlowKeys::of(&fwd_key, &value);
+    // When the table is full, LRU eviction makes room; a failed insert only
+    // means this flow is balanced again on its next packet.
+    let _ = CONNTRACK_V4.insert(&fwd_key, &value, 0);
+    let _ = CONNTRACK_V4.insert(&keys.reply, &value, 0);
+    if flags & ct_flags::EXTERNAL != 0 {
+        let _ = CONNTRACK_V4.insert(&keys.egress, &value, 0);
+        if flags & ct_flags::SNAT != 0 {
+            let _ = CONNTRACK_V4.insert(&keys.snat_out, &value, 0);
+        }
+    }
+    Forward::Flow(value)
 }
 
 /// The other entries of the flow whose forward entry is `fwd` with `value`.

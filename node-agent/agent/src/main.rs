@@ -73,6 +73,14 @@ struct Args {
     #[arg(long = "uplink-iface", value_name = "NAME")]
     uplink_ifaces: Vec<String>,
 
+    /// NodePort acceleration on the uplinks: external flows translated at
+    /// XDP, before the kernel builds an skb, and those to other nodes sent
+    /// back out at once (`native`: in the driver; `generic`: in the stack,
+    /// works everywhere; `disabled`: tc only). Everything XDP passes on is
+    /// handled by the tc program as without it.
+    #[arg(long, value_enum, default_value_t = Acceleration::Disabled)]
+    nodeport_acceleration: Acceleration,
+
     /// cgroup v2 directory whose processes get socket-level Service load
     /// balancing (the root cgroup covers every host process).
     #[arg(long, value_name = "DIR")]
@@ -130,6 +138,16 @@ enum XdpModeArg {
     Driver,
     /// Generic (skb) XDP, works everywhere, slower.
     Skb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Acceleration {
+    /// tc only.
+    Disabled,
+    /// XDP in the driver.
+    Native,
+    /// XDP in the network stack (generic, skb mode).
+    Generic,
 }
 
 impl From<XdpModeArg> for XdpMode {
@@ -230,6 +248,20 @@ async fn main() -> Result<()> {
         dataplane
             .attach_nodeport_tc(iface)
             .with_context(|| format!("--uplink-iface {iface}"))?;
+        let mode = match args.nodeport_acceleration {
+            Acceleration::Disabled => None,
+            Acceleration::Native => Some(XdpMode::Driver),
+            Acceleration::Generic => Some(XdpMode::Skb),
+        };
+        match mode {
+            Some(mode) => dataplane
+                .attach_nodeport_xdp(iface, mode)
+                .with_context(|| format!("--nodeport-acceleration on --uplink-iface {iface}"))?,
+            // A previous agent's acceleration goes with its pin.
+            None => dataplane
+                .detach_nodeport_xdp(iface)
+                .with_context(|| format!("--uplink-iface {iface}"))?,
+        }
     }
     if let Some(cgroup) = &args.socket_lb_cgroup {
         dataplane

@@ -132,10 +132,13 @@ struct IfaceCounterCollector(Shared);
 
 impl Collector for IfaceCounterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counters = {
+        let (counters, xdp) = {
             let dataplane = self.0.lock().unwrap_or_else(|e| e.into_inner());
             // A failed map read yields no samples rather than a failed scrape.
-            dataplane.iface_counters().unwrap_or_default()
+            (
+                dataplane.iface_counters().unwrap_or_default(),
+                dataplane.nodeport_xdp_stats().unwrap_or_default(),
+            )
         };
         let names = crate::api::iface_names();
         let labels = |ifindex: &u32, hook: &str| {
@@ -169,6 +172,16 @@ impl Collector for IfaceCounterCollector {
         for ((ifindex, hook), c) in &counters {
             let labels = labels(ifindex, hook.as_str());
             ConstCounter::new(c.bytes).encode(bytes.encode_family(&labels)?)?;
+        }
+        let mut xdp_packets = encoder.encode_descriptor(
+            "coxswain_nodeport_xdp_packets",
+            "Service packets seen by NodePort acceleration at XDP, by verdict: local (translated, passed up to a pod of this node), tx (translated and sent back out of the uplink), pass (left to the tc program)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (verdict, c) in &xdp {
+            let labels = [("verdict", coxswain_ebpf_common::nodeport_verdict::name(*verdict))];
+            ConstCounter::new(c.packets).encode(xdp_packets.encode_family(&labels)?)?;
         }
         Ok(())
     }

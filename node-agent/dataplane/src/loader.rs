@@ -218,6 +218,57 @@ impl Dataplane {
         self.attach_pinned_tc(names::PROG_NODEPORT_TC, iface, TcAttachType::Ingress)
     }
 
+    /// Attaches NodePort acceleration to `iface` at XDP in `mode` (call
+    /// after [`Dataplane::attach_nodeport_tc`], which stays the fallback for
+    /// every packet the XDP program passes on). On a veth, native mode needs
+    /// the peer to process XDP frames (GRO on, or an XDP program of its own)
+    /// for the flows it sends back out. The link is pinned like the tc links
+    /// (kept across restarts, the new program swapped in); an existing pin
+    /// keeps the mode it was attached with.
+    pub fn attach_nodeport_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
+        use aya::programs::links::{FdLink, PinnedLink};
+        use aya::programs::xdp::XdpLink;
+        let name = names::PROG_NODEPORT_XDP;
+        let pin = self.pin_dir.join(format!("link_{name}_{iface}"));
+        let link_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
+            path: pin.clone(),
+            source,
+        };
+        let attach_err = |source| Error::Attach {
+            name,
+            iface: iface.to_owned(),
+            source,
+        };
+        let existing = PinnedLink::from_pin(&pin).ok();
+        let program: &mut Xdp = self.program(name)?;
+        match existing {
+            Some(old) => {
+                let link = XdpLink::try_from(FdLink::from(old)).map_err(|e| link_err(e.into()))?;
+                let id = program.attach_to_link(link).map_err(attach_err)?;
+                // Already pinned: dropping our handle leaves it attached.
+                let _ = program.take_link(id);
+                info!(iface, program = name, pin = %pin.display(), "replaced XDP program in pinned link");
+            }
+            None => {
+                let id = program.attach(iface, mode).map_err(attach_err)?;
+                let link = program.take_link(id).map_err(attach_err)?;
+                let link = FdLink::try_from(link).map_err(|e| link_err(e.into()))?;
+                link.pin(&pin).map_err(|e| link_err(e.into()))?;
+                info!(iface, program = name, ?mode, pin = %pin.display(), "attached XDP program");
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches NodePort acceleration from `iface` (removes its pinned
+    /// link). Absent is not an error.
+    pub fn detach_nodeport_xdp(&self, iface: &str) -> Result<()> {
+        self.remove_pin(
+            self.pin_dir
+                .join(format!("link_{}_{iface}", names::PROG_NODEPORT_XDP)),
+        )
+    }
+
     /// Sets the node address external flows are source-NATed to when their
     /// backend runs on another node (`None`: never SNAT).
     pub fn set_snat_address(&mut self, addr: Option<std::net::Ipv4Addr>) -> Result<()> {
@@ -324,6 +375,7 @@ impl Dataplane {
             names::PROG_SERVICE_TC,
             names::PROG_NODEPORT_TC,
             names::PROG_NODEPORT_EGRESS_TC,
+            names::PROG_NODEPORT_XDP,
         ] {
             self.remove_pin(self.pin_dir.join(format!("link_{name}_{iface}")))?;
         }
@@ -420,6 +472,12 @@ impl Dataplane {
     /// Packets and bytes per backend (by backend id), summed over CPUs.
     pub fn backend_stats(&self) -> Result<std::collections::BTreeMap<u32, Counters>> {
         self.id_counters(names::BACKEND_STATS)
+    }
+
+    /// Packets and bytes per NodePort XDP verdict
+    /// ([`coxswain_ebpf_common::nodeport_verdict`]), summed over CPUs.
+    pub fn nodeport_xdp_stats(&self) -> Result<std::collections::BTreeMap<u32, Counters>> {
+        self.id_counters(names::NODEPORT_XDP_STATS)
     }
 
     fn id_counters(&self, name: &'static str) -> Result<std::collections::BTreeMap<u32, Counters>> {
