@@ -240,3 +240,63 @@ fn maglev_gives_a_flow_the_same_backend_on_every_node_and_a_change_moves_few_flo
         }
     }
 }
+
+/// A UDP flow has no end conntrack could see: a client that keeps sending
+/// follows its entry to a backend that left the Service, until the agent
+/// deletes the flows of departed backends, as kube-proxy does.
+#[test]
+fn udp_flows_of_a_departed_backend_are_deleted_and_rebalanced() {
+    let mut fx = Fixture::new(219);
+    let mut proxy = ProxyState::new(node());
+    let dns: Service = serde_json::from_value(json!({
+        "metadata": {"namespace": "default", "name": "web"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "protocol": "UDP"}]}
+    }))
+    .unwrap();
+    let udp_slice = |fx: &Fixture, endpoints: &[(usize, bool)]| {
+        let mut slice = slice(fx, endpoints);
+        for port in slice.ports.iter_mut().flatten() {
+            port.protocol = Some("UDP".into());
+        }
+        slice
+    };
+    let all = udp_slice(&fx, &[(1, true), (2, true), (3, true)]);
+    {
+        let maps = fx.dataplane.service_maps();
+        proxy.upsert_service(maps, &dns).unwrap();
+        proxy.upsert_endpoint_slice(maps, &all).unwrap();
+        proxy.full_resync(maps).unwrap();
+    }
+    let socket = fx
+        .client()
+        .run_in(|| {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(coxswain_tests::fixture::TIMEOUT))?;
+            socket.connect((coxswain_tests::fixture::VIP, 80))?;
+            Ok(socket)
+        })
+        .unwrap();
+    let ask = |msg: &str| -> String {
+        socket.send(msg.as_bytes()).expect("send");
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).unwrap_or_else(|e| panic!("reply to {msg}: {e}"));
+        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+        reply.split_once(':').expect("named reply").0.to_owned()
+    };
+    let first = ask("q1");
+    let leaving: usize = first.trim_start_matches('b').parse().unwrap();
+    let remaining: Vec<(usize, bool)> = (1..=3).map(|i| (i, i != leaving)).collect();
+    let without = udp_slice(&fx, &remaining);
+    proxy
+        .upsert_endpoint_slice(fx.dataplane.service_maps(), &without)
+        .unwrap();
+    // Its server still runs: the flow's entry still leads there.
+    assert_eq!(ask("q2"), first, "the conntrack entry no longer held the flow");
+    let stale = proxy.take_stale_backends();
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    let deleted = fx.dataplane.flush_stale(&stale).expect("flush");
+    assert_eq!(deleted, 2, "the flow's forward and reply entries");
+    for i in 3..10 {
+        assert_ne!(ask(&format!("q{i}")), first, "datagram {i} went to the departed backend");
+    }
+}

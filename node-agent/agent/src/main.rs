@@ -290,7 +290,7 @@ async fn main() -> Result<()> {
             kubelet.register_metrics(registry);
         }
     });
-    conntrack_gc::spawn(
+    let stale_flows = conntrack_gc::spawn(
         args.pin_dir.clone(),
         std::time::Duration::from_secs(args.conntrack_gc_interval.max(1)),
         proxy_metrics.clone(),
@@ -302,6 +302,7 @@ async fn main() -> Result<()> {
                 kubeconfig: Some(kubeconfig),
                 node_name: args.node_name.clone().unwrap_or_else(hostname),
                 lb_algorithm: args.lb_algorithm,
+                stale_flows: Some(stale_flows),
             };
             let proxy_target = match args.proxy_mode {
                 ProxyMode::Ebpf => proxy_loop::ProxyTarget::Ebpf(dataplane.clone()),

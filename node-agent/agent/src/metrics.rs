@@ -34,6 +34,7 @@ pub struct ProxyMetrics {
     map_ops: Counter,
     gc_seconds: Histogram,
     gc_deleted: Counter,
+    stale_deleted: Counter,
     ct_entries: Gauge,
 }
 
@@ -51,6 +52,11 @@ impl ProxyMetrics {
         self.ct_entries
             .set(i64::try_from(stats.entries - stats.deleted).unwrap_or(i64::MAX));
     }
+
+    /// Records the deletion of stale UDP/SCTP flows' entries.
+    pub fn observe_stale_flush(&self, deleted: usize) {
+        self.stale_deleted.inc_by(deleted as u64);
+    }
 }
 
 /// Builds the router for `/metrics` and `/healthz`,
@@ -67,6 +73,7 @@ pub fn router_with(dataplane: Shared, extend: impl FnOnce(&mut Registry)) -> (Ro
         // 100 µs .. ~100 s.
         gc_seconds: Histogram::new(exponential_buckets(1e-4, 4.0, 11)),
         gc_deleted: Counter::default(),
+        stale_deleted: Counter::default(),
         ct_entries: Gauge::default(),
     };
     registry.register(
@@ -88,6 +95,11 @@ pub fn router_with(dataplane: Shared, extend: impl FnOnce(&mut Registry)) -> (Ro
         "coxswain_conntrack_gc_deleted_entries",
         "Conntrack entries of closed or idle flows deleted by the collector",
         proxy.gc_deleted.clone(),
+    );
+    registry.register(
+        "coxswain_conntrack_stale_deleted_entries",
+        "Conntrack entries of UDP/SCTP flows deleted because their backend left the Service",
+        proxy.stale_deleted.clone(),
     );
     registry.register(
         "coxswain_conntrack_entries",

@@ -61,6 +61,9 @@ pub struct ProxyConfig {
     pub node_name: String,
     /// The algorithm of Services without the annotation.
     pub lb_algorithm: coxswain_proxy::LbAlgorithm,
+    /// Where backends that left UDP/SCTP frontends go for their flows'
+    /// conntrack entries to be deleted (the collector's thread); eBPF mode.
+    pub stale_flows: Option<std::sync::mpsc::Sender<Vec<coxswain_dataplane::StaleBackend>>>,
 }
 
 /// One event from any of the three watches.
@@ -246,6 +249,15 @@ pub async fn run(
                 elapsed_ms = start.elapsed().as_millis() as u64,
                 "initial sync done"
             );
+        }
+        // After the maps stopped naming them: no new flow can reach the
+        // departed backends, so deleting their flows' entries is final.
+        let stale = proxy.take_stale_backends();
+        if !stale.is_empty()
+            && dataplane.is_some()
+            && let Some(tx) = &config.stale_flows
+        {
+            let _ = tx.send(stale);
         }
     }
     Ok(())

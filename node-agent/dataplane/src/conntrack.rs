@@ -84,6 +84,40 @@ pub fn expired(entries: &[(CtKeyV4, CtValue)], now_ns: u64) -> (Vec<CtKeyV4>, us
     (keys, total, expired_flows)
 }
 
+/// A backend that left a Service frontend, whose connectionless flows
+/// (UDP, SCTP) must not keep going to it: such a flow has no end a
+/// conntrack entry could see, so a client that keeps sending (a DNS
+/// resolver, say) would follow its entry to the departed backend forever.
+/// kube-proxy deletes the same entries (`conntrack -D`) for the same reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StaleBackend {
+    /// The frontend's service id.
+    pub service_id: u32,
+    /// Backend address, network byte order (as in the maps).
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+}
+
+/// The keys of every entry of a flow through one of `stale`.
+pub fn stale_keys(entries: &[(CtKeyV4, CtValue)], stale: &[StaleBackend]) -> Vec<CtKeyV4> {
+    let stale: std::collections::HashSet<StaleBackend> = stale.iter().copied().collect();
+    entries
+        .iter()
+        .filter(|(key, value)| {
+            stale.contains(&StaleBackend {
+                service_id: value.service_id,
+                addr: value.backend_addr,
+                port: value.backend_port,
+                proto: key.proto,
+            })
+        })
+        .map(|(key, _)| *key)
+        .collect()
+}
+
 /// Now on CLOCK_MONOTONIC in nanoseconds, the clock the kernel programs stamp entries with.
 pub fn monotonic_now_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
@@ -96,19 +130,10 @@ fn collect<T>(map: &mut BpfHashMap<T, CtKeyV4, CtValue>, now_ns: u64) -> Result<
 where
     T: std::borrow::BorrowMut<aya::maps::MapData>,
 {
-    let name = names::CONNTRACK_V4;
     // An entry evicted while we iterate is simply skipped.
     let entries: Vec<(CtKeyV4, CtValue)> = map.iter().flatten().collect();
     let (keys, flows, expired_flows) = expired(&entries, now_ns);
-    let mut deleted = 0;
-    for key in &keys {
-        match map.remove(key) {
-            Ok(()) => deleted += 1,
-            // Gone already (evicted, or the kernel replaced the flow).
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(source) => return Err(Error::Map { name, source }),
-        }
-    }
+    let deleted = delete(map, &keys)?;
     Ok(GcStats {
         entries: entries.len(),
         flows,
@@ -117,7 +142,46 @@ where
     })
 }
 
+/// Deletes `keys`; returns how many were there.
+fn delete<T>(map: &mut BpfHashMap<T, CtKeyV4, CtValue>, keys: &[CtKeyV4]) -> Result<usize>
+where
+    T: std::borrow::BorrowMut<aya::maps::MapData>,
+{
+    let name = names::CONNTRACK_V4;
+    let mut deleted = 0;
+    for key in keys {
+        match map.remove(key) {
+            Ok(()) => deleted += 1,
+            // Gone already (evicted, or the kernel replaced the flow).
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => return Err(Error::Map { name, source }),
+        }
+    }
+    Ok(deleted)
+}
+
+fn flush<T>(map: &mut BpfHashMap<T, CtKeyV4, CtValue>, stale: &[StaleBackend]) -> Result<usize>
+where
+    T: std::borrow::BorrowMut<aya::maps::MapData>,
+{
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    let entries: Vec<(CtKeyV4, CtValue)> = map.iter().flatten().collect();
+    delete(map, &stale_keys(&entries, stale))
+}
+
 impl Dataplane {
+    /// Deletes the conntrack entries of flows through `stale` backends
+    /// (see [`StaleBackend`]); returns how many entries went.
+    pub fn flush_stale(&mut self, stale: &[StaleBackend]) -> Result<usize> {
+        let name = names::CONNTRACK_V4;
+        let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+        let mut map: BpfHashMap<_, CtKeyV4, CtValue> =
+            BpfHashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+        flush(&mut map, stale)
+    }
+
     /// Deletes the conntrack entries of flows that expired at `now_ns` (see
     /// [`monotonic_now_ns`]). A flow that sends a packet between the read and the delete
     /// is rebalanced on its next packet, as after an LRU eviction; only flows idle for their
@@ -157,6 +221,11 @@ impl ConntrackGc {
     /// One pass at `now_ns` (see [`Dataplane::conntrack_gc`]).
     pub fn collect(&mut self, now_ns: u64) -> Result<GcStats> {
         collect(&mut self.map, now_ns)
+    }
+
+    /// See [`Dataplane::flush_stale`].
+    pub fn flush_stale(&mut self, stale: &[StaleBackend]) -> Result<usize> {
+        flush(&mut self.map, stale)
     }
 }
 
@@ -239,6 +308,25 @@ mod tests {
         let treply = CtKeyV4 { dport: 2001, proto: proto::TCP, ..reply };
         let (keys, _, expired_flows) = expired(&[(tf, tfv), (treply, closing)], now);
         assert_eq!((keys.len(), expired_flows), (2, 1));
+    }
+
+    #[test]
+    fn stale_backends_take_every_entry_of_their_flows_and_only_those() {
+        let mut entries = Vec::new();
+        entries.extend(flow(4000, proto::UDP, 0, 0));
+        entries.extend(flow(4001, proto::TCP, 0, 0));
+        let stale = StaleBackend {
+            service_id: 1,
+            addr: 0x0a00_0102,
+            port: 8080,
+            proto: proto::UDP,
+        };
+        let keys = stale_keys(&entries, &[stale]);
+        assert_eq!(keys.len(), 2);
+        assert!(keys.iter().all(|k| k.proto == proto::UDP));
+        // Another frontend's flows to the same backend stay.
+        let other = StaleBackend { service_id: 2, ..stale };
+        assert!(stale_keys(&entries, &[other]).is_empty());
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod object;
 mod service_maps;
 
 pub use aya::programs::XdpMode;
-pub use conntrack::{ConntrackGc, GcStats, monotonic_now_ns};
+pub use conntrack::{ConntrackGc, GcStats, StaleBackend, monotonic_now_ns, stale_keys};
 pub use counters::{IfaceCounters, sum_per_cpu};
 pub use coxswain_ebpf_common::{Counters, Hook, IfaceCounterKey};
 pub use error::{Error, Result};

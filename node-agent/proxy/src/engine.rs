@@ -3,13 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use coxswain_dataplane::{ServiceMaps, ServiceMapsDump};
+use coxswain_dataplane::{ServiceMaps, ServiceMapsDump, StaleBackend};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::desired::{DesiredMaster, desired_masters};
 use crate::error::{Error, Result};
-use crate::keys::MasterKey;
+use crate::keys::{MasterKey, Protocol, addr_to_map, port_to_map};
 use crate::model::{LbAlgorithm, NodeInfo, ObjectRef, ServiceModel, SliceModel};
 use crate::programmed::{Programmed, Target};
 use crate::view::{BackendView, FrontendView};
@@ -58,6 +58,9 @@ pub struct ProxyState {
     synced: bool,
     /// Master keys a failed sync did not finish.
     pending: BTreeSet<MasterKey>,
+    /// Backends that left UDP or SCTP frontends since the last
+    /// [`ProxyState::take_stale_backends`].
+    stale: Vec<StaleBackend>,
 }
 
 impl ProxyState {
@@ -75,6 +78,7 @@ impl ProxyState {
             programmed: Programmed::new(),
             synced: false,
             pending: BTreeSet::new(),
+            stale: Vec::new(),
         }
     }
 
@@ -401,6 +405,7 @@ impl ProxyState {
         };
         let old = self.desired.remove(&service).unwrap_or_default();
         for (key, before) in &old {
+            self.note_stale(&service, *key, before, new.get(key));
             match new.get(key) {
                 None => {
                     self.release_claim(*key, &service);
@@ -421,6 +426,47 @@ impl ProxyState {
         if !new.is_empty() {
             self.desired.insert(service, new);
         }
+    }
+
+    /// Records the backends a connectionless frontend (UDP, SCTP) of
+    /// `service` loses, when `service` is the one programmed there.
+    fn note_stale(
+        &mut self,
+        service: &ObjectRef,
+        key: MasterKey,
+        before: &DesiredMaster,
+        after: Option<&DesiredMaster>,
+    ) {
+        if !matches!(key.frontend.protocol, Protocol::Udp | Protocol::Sctp)
+            || self.owner(&key) != Some(service)
+        {
+            return;
+        }
+        let Some(service_id) = self.programmed.service_id(&key.frontend) else {
+            return;
+        };
+        for backend in &before.backends {
+            let kept = after.is_some_and(|a| a.backends.iter().any(|b| b.key == backend.key));
+            if !kept {
+                self.stale.push(StaleBackend {
+                    service_id,
+                    addr: addr_to_map(backend.key.addr),
+                    port: port_to_map(backend.key.port),
+                    proto: key.frontend.protocol.number(),
+                });
+            }
+        }
+    }
+
+    /// The backends that left UDP or SCTP frontends since the last call:
+    /// once the maps no longer name them, their flows' conntrack entries
+    /// must go (see [`StaleBackend`]), which the caller does (on the
+    /// kernel's conntrack table, away from the sync path).
+    pub fn take_stale_backends(&mut self) -> Vec<StaleBackend> {
+        let mut stale = std::mem::take(&mut self.stale);
+        stale.sort_unstable();
+        stale.dedup();
+        stale
     }
 
     fn claim(&mut self, key: MasterKey, service: &ObjectRef) {

@@ -1282,3 +1282,41 @@ fn failed_maglev_writes_leave_consistent_maps_and_are_retried() {
         );
     }
 }
+
+// ---------------------------------------------------------------- stale UDP flows
+
+#[test]
+fn backends_leaving_udp_frontends_are_reported_for_conntrack_cleanup() {
+    let dns = || {
+        svc("kube-system", "dns")
+            .cluster_ip("10.96.0.53")
+            .port("dns", 53, 5353)
+            .protocol("UDP")
+    };
+    let dns_slice = || slice("kube-system", "dns-1", "dns").port_proto("dns", 5353, "UDP");
+    let mut h = Harness::new();
+    h.svc(&dns());
+    h.slice(&dns_slice().ep("10.0.0.1").ep("10.0.0.2"));
+    h.svc(&web());
+    h.slice(&web_slice().ep("10.0.0.1").ep("10.0.0.2"));
+    assert!(h.proxy.take_stale_backends().is_empty());
+
+    // A TCP endpoint leaving needs no cleanup: its established flows end
+    // on their own, and may go on meanwhile.
+    h.slice(&web_slice().ep("10.0.0.1"));
+    assert!(h.proxy.take_stale_backends().is_empty());
+
+    h.slice(&dns_slice().ep("10.0.0.1"));
+    let stale = h.proxy.take_stale_backends();
+    let rendered: Vec<(Ipv4Addr, u16, u8)> = stale
+        .iter()
+        .map(|s| (Ipv4Addr::from(s.addr.to_ne_bytes()), u16::from_be(s.port), s.proto))
+        .collect();
+    assert_eq!(rendered, [(Ipv4Addr::new(10, 0, 0, 2), 5353, proto::UDP)]);
+    assert_eq!(stale[0].service_id, h.proxy.service_frontends("kube-system", "dns")[0].service_id.unwrap());
+    assert!(h.proxy.take_stale_backends().is_empty(), "taken once");
+
+    // The Service goes: every backend it had.
+    h.delete_svc("kube-system", "dns");
+    assert_eq!(h.proxy.take_stale_backends().len(), 1);
+}
