@@ -4,7 +4,8 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use coxswain_agent_api::{
-    CONNTRACK_PATH, COUNTERS_PATH, ConntrackEntry, CounterEntry, SERVICES_PATH, ServiceEntry,
+    CONNTRACK_PATH, COUNTERS_PATH, ConntrackEntry, CounterEntry, NODEPORT_XDP_PATH, SERVICES_PATH,
+    ServiceEntry, VerdictEntry,
 };
 use serde::de::DeserializeOwned;
 
@@ -135,9 +136,11 @@ pub fn run(args: &Args) -> Result<()> {
         What::Stats => {
             let services: Vec<ServiceEntry> = get(&args.agent, SERVICES_PATH)?;
             let counters: Vec<CounterEntry> = get(&args.agent, COUNTERS_PATH)?;
+            // Agents without NodePort acceleration support answer 404.
+            let xdp: Vec<VerdictEntry> = get(&args.agent, NODEPORT_XDP_PATH).unwrap_or_default();
             if matches!(args.output, Output::Json) {
                 return print_json(
-                    &serde_json::json!({"services": services, "interfaces": counters}),
+                    &serde_json::json!({"services": services, "interfaces": counters, "nodeport_xdp": xdp}),
                 );
             }
             writeln!(out, "SERVICE\tFRONTEND\tPACKETS\tBYTES")?;
@@ -158,6 +161,12 @@ pub fn run(args: &Args) -> Result<()> {
                 for c in &counters {
                     let iface = c.iface.clone().unwrap_or_else(|| c.ifindex.to_string());
                     writeln!(out, "{iface}\t{}\t{}\t{}", c.hook, c.packets, c.bytes)?;
+                }
+            }
+            if !xdp.is_empty() {
+                writeln!(out, "\nNODEPORT-XDP\tPACKETS\tBYTES")?;
+                for v in &xdp {
+                    writeln!(out, "{}\t{}\t{}", v.verdict, v.packets, v.bytes)?;
                 }
             }
         }

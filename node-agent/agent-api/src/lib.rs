@@ -12,6 +12,21 @@ pub const SERVICES_PATH: &str = "/dataplane/services";
 pub const CONNTRACK_PATH: &str = "/dataplane/conntrack";
 /// Path of the per-interface packet counters.
 pub const COUNTERS_PATH: &str = "/dataplane/counters";
+/// Path of the NodePort acceleration (XDP) verdict counters.
+pub const NODEPORT_XDP_PATH: &str = "/dataplane/nodeport-xdp";
+
+/// What NodePort acceleration did with Service packets, for one verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictEntry {
+    /// `local` (translated, passed up to a pod of this node), `tx`
+    /// (translated and sent back out of the uplink) or `pass` (left to the
+    /// tc program).
+    pub verdict: String,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
 
 /// Packet and byte counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,8 @@ use axum::{
     routing::get,
 };
 use coxswain_agent_api::{
-    BackendEntry, CONNTRACK_PATH, COUNTERS_PATH, ConntrackEntry, CounterEntry, SERVICES_PATH,
+    BackendEntry, CONNTRACK_PATH, COUNTERS_PATH, ConntrackEntry, CounterEntry, NODEPORT_XDP_PATH,
+    SERVICES_PATH, VerdictEntry,
     ServiceEntry, Traffic,
 };
 use coxswain_dataplane::{Counters, Dataplane, ServiceMaps};
@@ -42,6 +43,7 @@ pub fn router(state: ApiState) -> Router {
         .route(SERVICES_PATH, get(services))
         .route(CONNTRACK_PATH, get(conntrack))
         .route(COUNTERS_PATH, get(counters))
+        .route(NODEPORT_XDP_PATH, get(nodeport_xdp))
         .with_state(state)
 }
 
@@ -217,6 +219,22 @@ async fn counters(State(state): State<ApiState>) -> Response {
             ifindex: *ifindex,
             iface: names.get(ifindex).cloned(),
             hook: hook.as_str().to_owned(),
+            packets: c.packets,
+            bytes: c.bytes,
+        })
+        .collect();
+    Json(rows).into_response()
+}
+
+async fn nodeport_xdp(State(state): State<ApiState>) -> Response {
+    let stats = match lock(&state.dataplane).nodeport_xdp_stats() {
+        Ok(s) => s,
+        Err(e) => return unavailable(e),
+    };
+    let rows: Vec<VerdictEntry> = stats
+        .iter()
+        .map(|(verdict, c)| VerdictEntry {
+            verdict: coxswain_ebpf_common::nodeport_verdict::name(*verdict).to_owned(),
             packets: c.packets,
             bytes: c.bytes,
         })
