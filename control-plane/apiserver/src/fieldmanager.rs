@@ -235,7 +235,10 @@ fn canonical_element(k: &str) -> Result<String, String> {
             }
             Ok(format!("{kind}{value}"))
         }
-        "i:" => rest.parse::<usize>().map(|_| k.to_owned()).map_err(|_| bad()),
+        "i:" => rest
+            .parse::<usize>()
+            .map(|_| k.to_owned())
+            .map_err(|_| bad()),
         _ => Err(bad()),
     }
 }
@@ -423,7 +426,8 @@ fn presence(v: &Value, path: &mut Vec<String>) -> FieldSet {
         (Value::Object(m), Shape::Object) => {
             for (k, child) in m {
                 path.push(k.clone());
-                node.children.insert(format!("f:{k}"), presence(child, path));
+                node.children
+                    .insert(format!("f:{k}"), presence(child, path));
                 path.pop();
             }
         }
@@ -459,7 +463,13 @@ pub struct Comparison {
 /// Compares `lhs` (before) with `rhs` (after).
 pub fn compare(lhs: &Value, rhs: &Value) -> Comparison {
     let mut out = Comparison::default();
-    compare_at(Some(lhs), Some(rhs), &mut Vec::new(), &mut Vec::new(), &mut out);
+    compare_at(
+        Some(lhs),
+        Some(rhs),
+        &mut Vec::new(),
+        &mut Vec::new(),
+        &mut out,
+    );
     out
 }
 
@@ -488,9 +498,7 @@ fn compare_at<'a>(
     };
     let kind = shape(probe, names);
     let same_kind = match (lhs, rhs) {
-        (Some(l), Some(r)) if !l.is_null() && !r.is_null() => {
-            shape(l, names) == shape(r, names)
-        }
+        (Some(l), Some(r)) if !l.is_null() && !r.is_null() => shape(l, names) == shape(r, names),
         _ => true,
     };
     let leaf = || {
@@ -512,11 +520,8 @@ fn compare_at<'a>(
         Shape::Object => {
             let lm = lhs.and_then(Value::as_object);
             let rm = rhs.and_then(Value::as_object);
-            let keys: BTreeSet<&'a String> = lm
-                .into_iter()
-                .chain(rm)
-                .flat_map(|m| m.keys())
-                .collect();
+            let keys: BTreeSet<&'a String> =
+                lm.into_iter().chain(rm).flat_map(|m| m.keys()).collect();
             for k in keys {
                 names.push(k);
                 path.push(format!("f:{k}"));
@@ -598,10 +603,7 @@ fn merge_at<'a>(
     let live = live.filter(|l| shape(l, names) == kind);
     match (config, kind) {
         (Value::Object(cm), Shape::Object) => {
-            let mut out = live
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default();
+            let mut out = live.and_then(Value::as_object).cloned().unwrap_or_default();
             for (k, cv) in cm {
                 names.push(k);
                 let merged = merge_at(live.and_then(|l| l.get(k)), cv, names)?;
@@ -611,7 +613,9 @@ fn merge_at<'a>(
             Ok(Value::Object(out))
         }
         (Value::Array(ca), Shape::List(list)) => {
-            let la = live.and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+            let la = live
+                .and_then(Value::as_array)
+                .map_or(&[][..], Vec::as_slice);
             let theirs = elements(la, list, names, true)?;
             let ours = elements(ca, list, names, false)?;
             merge_elements(&theirs, &ours, list, names).map(Value::Array)
@@ -727,11 +731,7 @@ fn prune(merged: Value, owned: &FieldSet, last: &FieldSet) -> Value {
     }
     let last = last.with_named_members();
     let owned = owned.with_named_members();
-    let fields = |v: &Value| {
-        fields_of(v, true)
-            .unwrap_or_default()
-            .with_named_members()
-    };
+    let fields = |v: &Value| fields_of(v, true).unwrap_or_default().with_named_members();
     let merged_set = fields(&merged);
     let pruned = remove_items(&merged, &last);
     let pruned = remove_items(
@@ -825,7 +825,11 @@ impl Entry {
         match s("fieldsType").as_str() {
             "FieldsV1" => {}
             "" => return Err(format!("missing fieldsType in managed fields entry {i}")),
-            other => return Err(format!("invalid fieldsType {other:?} in managed fields entry {i}")),
+            other => {
+                return Err(format!(
+                    "invalid fieldsType {other:?} in managed fields entry {i}"
+                ));
+            }
         }
         let fields = match v.get("fieldsV1") {
             None | Some(Value::Null) => FieldSet::default(),
@@ -870,13 +874,20 @@ pub fn encode(mut entries: Vec<Entry>) -> Option<Value> {
         return None;
     }
     entries.sort_by(|a, b| {
-        (a.operation, &a.time, &a.manager, &a.api_version, &a.subresource).cmp(&(
-            b.operation,
-            &b.time,
-            &b.manager,
-            &b.api_version,
-            &b.subresource,
-        ))
+        (
+            a.operation,
+            &a.time,
+            &a.manager,
+            &a.api_version,
+            &a.subresource,
+        )
+            .cmp(&(
+                b.operation,
+                &b.time,
+                &b.manager,
+                &b.api_version,
+                &b.subresource,
+            ))
     });
     Some(Value::Array(entries.iter().map(Entry::to_json).collect()))
 }
@@ -886,7 +897,9 @@ fn is_reset(managed_fields: Option<&Value>) -> bool {
     match managed_fields.and_then(Value::as_array) {
         Some(items) => match items.as_slice() {
             [] => true,
-            [only] => only.as_object().is_some_and(|m| m.values().all(Value::is_null)),
+            [only] => only
+                .as_object()
+                .is_some_and(|m| m.values().all(Value::is_null)),
             _ => false,
         },
         None => false,
@@ -1106,10 +1119,10 @@ fn drop_struct_members(set: &mut FieldSet, v: &Value) {
         {
             // The element's fields: find the element by its key values.
             let keys: Map<String, Value> = serde_json::from_str(name).unwrap_or_default();
-            if let Some(item) = items
-                .iter()
-                .find(|i| keys.iter().all(|(kn, kv)| i.get(kn).is_none_or(|x| x == kv)))
-            {
+            if let Some(item) = items.iter().find(|i| {
+                keys.iter()
+                    .all(|(kn, kv)| i.get(kn).is_none_or(|x| x == kv))
+            }) {
                 drop_struct_members(child, item);
             }
         }
@@ -1123,7 +1136,13 @@ fn drop_struct_members(set: &mut FieldSet, v: &Value) {
 /// fields leave every entry. A request's own `managedFields` replace the live ones if they
 /// decode (`[]` or `[{}]` clears them); subresource writes always start from the live ones.
 /// An existing object without managed fields stays untracked until it is applied to.
-pub fn record_update(live: Option<&Value>, new: &mut Value, writer: &Writer, scope: Scope, now: &str) {
+pub fn record_update(
+    live: Option<&Value>,
+    new: &mut Value,
+    writer: &Writer,
+    scope: Scope,
+    now: &str,
+) {
     let live_entries = || decode(live.and_then(managed_fields_of)).unwrap_or_default();
     let requested = managed_fields_of(new);
     let entries = if !writer.subresource.is_empty() {
@@ -1281,10 +1300,13 @@ pub fn apply(
             .iter()
             .flat_map(|(i, s)| {
                 let who = entries[*i].describe();
-                s.difference(&allowed).paths().into_iter().map(move |field| Conflict {
-                    manager: who.clone(),
-                    field,
-                })
+                s.difference(&allowed)
+                    .paths()
+                    .into_iter()
+                    .map(move |field| Conflict {
+                        manager: who.clone(),
+                        field,
+                    })
             })
             .collect();
         if !refused.is_empty() {

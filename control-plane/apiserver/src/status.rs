@@ -205,9 +205,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) | ApiError::NoSuchResource => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::AlreadyExists(_) | ApiError::Conflict(..) | ApiError::ApplyConflict { .. } => {
-                StatusCode::CONFLICT
-            }
+            ApiError::AlreadyExists(_)
+            | ApiError::Conflict(..)
+            | ApiError::ApplyConflict { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Expired { .. } => StatusCode::GONE,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,

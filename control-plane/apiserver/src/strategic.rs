@@ -52,7 +52,10 @@ pub struct ListSchema {
 }
 
 const fn key(name: &'static str) -> MapKey {
-    MapKey { name, default: None }
+    MapKey {
+        name,
+        default: None,
+    }
 }
 
 const NAME: &[MapKey] = &[key("name")];
@@ -90,19 +93,11 @@ pub fn list_schema(path: &[&str]) -> ListSchema {
         "volumeMounts" => both(MergeKey("mountPath"), ListType::Map(MOUNT_PATH)),
         "volumeDevices" => both(MergeKey("devicePath"), ListType::Map(DEVICE_PATH)),
         "hostAliases" => both(MergeKey("ip"), ListType::Map(IP)),
-        "topologySpreadConstraints" => both(
-            MergeKey("topologyKey"),
-            ListType::Map(TOPOLOGY),
-        ),
+        "topologySpreadConstraints" => both(MergeKey("topologyKey"), ListType::Map(TOPOLOGY)),
         "conditions" => both(MergeKey("type"), ListType::Map(TYPE)),
         "ownerReferences" => both(MergeKey("uid"), ListType::Map(UID)),
-        "ports" if in_container => both(
-            MergeKey("containerPort"),
-            ListType::Map(CONTAINER_PORT),
-        ),
-        "ports" if parents == ["spec"] => {
-            both(MergeKey("port"), ListType::Map(SERVICE_PORT))
-        }
+        "ports" if in_container => both(MergeKey("containerPort"), ListType::Map(CONTAINER_PORT)),
+        "ports" if parents == ["spec"] => both(MergeKey("port"), ListType::Map(SERVICE_PORT)),
         "addresses" if parents == ["status"] => both(MergeKey("type"), ListType::Map(TYPE)),
         "podIPs" if parents == ["status"] => both(MergeKey("ip"), ListType::Map(IP)),
         "hostIPs" if parents == ["status"] => both(MergeKey("ip"), ListType::Atomic),
@@ -460,20 +455,53 @@ mod tests {
     fn list_tags_table() {
         // (path, strategic merge, server-side apply)
         let table: Vec<(&[&str], ListStrategy, ListType)> = vec![
-            (&["spec", "template", "spec", "containers"], ListStrategy::MergeKey("name"), ListType::Map(NAME)),
-            (&["spec", "containers", "ports"], ListStrategy::MergeKey("containerPort"), ListType::Map(CONTAINER_PORT)),
-            (&["spec", "ports"], ListStrategy::MergeKey("port"), ListType::Map(SERVICE_PORT)),
-            (&["status", "hostIPs"], ListStrategy::MergeKey("ip"), ListType::Atomic),
-            (&["metadata", "finalizers"], ListStrategy::MergePrimitives, ListType::Set),
-            (&["spec", "containers", "args"], ListStrategy::Replace, ListType::Atomic),
-            (&["spec", "tolerations"], ListStrategy::Replace, ListType::Atomic),
+            (
+                &["spec", "template", "spec", "containers"],
+                ListStrategy::MergeKey("name"),
+                ListType::Map(NAME),
+            ),
+            (
+                &["spec", "containers", "ports"],
+                ListStrategy::MergeKey("containerPort"),
+                ListType::Map(CONTAINER_PORT),
+            ),
+            (
+                &["spec", "ports"],
+                ListStrategy::MergeKey("port"),
+                ListType::Map(SERVICE_PORT),
+            ),
+            (
+                &["status", "hostIPs"],
+                ListStrategy::MergeKey("ip"),
+                ListType::Atomic,
+            ),
+            (
+                &["metadata", "finalizers"],
+                ListStrategy::MergePrimitives,
+                ListType::Set,
+            ),
+            (
+                &["spec", "containers", "args"],
+                ListStrategy::Replace,
+                ListType::Atomic,
+            ),
+            (
+                &["spec", "tolerations"],
+                ListStrategy::Replace,
+                ListType::Atomic,
+            ),
             (&["subsets"], ListStrategy::Replace, ListType::Atomic),
         ];
         for (path, patch, apply) in table {
             assert_eq!(list_schema(path), ListSchema { patch, apply }, "{path:?}");
         }
         assert!(is_atomic_object(&["spec", "selector"]));
-        assert!(is_atomic_object(&["spec", "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution"]));
+        assert!(is_atomic_object(&[
+            "spec",
+            "affinity",
+            "nodeAffinity",
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]));
         assert!(!is_atomic_object(&["metadata", "labels"]));
     }
 }

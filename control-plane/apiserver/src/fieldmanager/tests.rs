@@ -50,7 +50,8 @@ fn deployment(replicas: i64, labels: Value, containers: Value) -> Value {
 
 #[test]
 fn set_algebra_table() {
-    let a = json!({"f:metadata": {"f:labels": {"f:a": {}, "f:b": {}}}, "f:spec": {"f:replicas": {}}});
+    let a =
+        json!({"f:metadata": {"f:labels": {"f:a": {}, "f:b": {}}}, "f:spec": {"f:replicas": {}}});
     let b = json!({"f:metadata": {"f:labels": {".": {}, "f:b": {}, "f:c": {}}}});
     // (operation, expected)
     let table: Vec<(&str, FieldSet, Value)> = vec![
@@ -165,7 +166,11 @@ fn fields_of_a_configuration_table() {
         ),
     ];
     for (config, want) in table {
-        assert_eq!(fields_of(&config, false).unwrap().to_fields_v1(), want, "{config}");
+        assert_eq!(
+            fields_of(&config, false).unwrap().to_fields_v1(),
+            want,
+            "{config}"
+        );
     }
     let errors = [
         (
@@ -195,7 +200,11 @@ fn compare_table() {
             json!({}),
         ),
         (
-            deployment(1, json!({"a": "1", "b": "2"}), json!([{"name": "c", "image": "i:1"}, {"name": "d"}])),
+            deployment(
+                1,
+                json!({"a": "1", "b": "2"}),
+                json!([{"name": "c", "image": "i:1"}, {"name": "d"}]),
+            ),
             json!({
                 "f:metadata": {"f:labels": {"f:b": {}}},
                 "f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"d\"}": {".": {}, "f:name": {}}}}}}
@@ -222,7 +231,10 @@ fn compare_table() {
     }
     // A map that goes is removed with everything in it.
     let mut without = live.clone();
-    without["metadata"].as_object_mut().unwrap().remove("labels");
+    without["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("labels");
     assert_eq!(
         compare(&live, &without).removed.to_fields_v1(),
         json!({"f:metadata": {"f:labels": {".": {}, "f:a": {}}}})
@@ -291,20 +303,38 @@ fn remove_items_table() {
 fn run(steps: &[(&str, Value, bool)]) -> Result<Value, ApplyError> {
     let mut obj: Option<Value> = None;
     for (manager, config, force) in steps {
-        obj = Some(apply(obj.as_ref(), config, &writer(manager), Scope::AllButStatus, *force, NOW)?);
+        obj = Some(apply(
+            obj.as_ref(),
+            config,
+            &writer(manager),
+            Scope::AllButStatus,
+            *force,
+            NOW,
+        )?);
     }
     Ok(obj.unwrap())
 }
 
 #[test]
 fn apply_scenarios() {
-    let two = deployment(2, json!({"app": "web", "tier": "front"}), json!([{"name": "a", "image": "1"}, {"name": "b", "image": "1"}]));
-    let one = deployment(2, json!({"app": "web"}), json!([{"name": "a", "image": "1"}]));
+    let two = deployment(
+        2,
+        json!({"app": "web", "tier": "front"}),
+        json!([{"name": "a", "image": "1"}, {"name": "b", "image": "1"}]),
+    );
+    let one = deployment(
+        2,
+        json!({"app": "web"}),
+        json!([{"name": "a", "image": "1"}]),
+    );
 
     // An applier that drops a label and a container removes them.
     let obj = run(&[("me", two.clone(), false), ("me", one.clone(), false)]).unwrap();
     assert_eq!(obj["metadata"]["labels"], json!({"app": "web"}));
-    assert_eq!(obj["spec"]["template"]["spec"]["containers"], json!([{"name": "a", "image": "1"}]));
+    assert_eq!(
+        obj["spec"]["template"]["spec"]["containers"],
+        json!([{"name": "a", "image": "1"}])
+    );
     assert_eq!(
         owned(&obj, "me", Operation::Apply).unwrap()["f:metadata"],
         json!({"f:labels": {"f:app": {}}})
@@ -313,78 +343,213 @@ fn apply_scenarios() {
     // Another applier setting the same value shares it: no conflict, and the label stays
     // when the first drops it.
     let tier = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"tier": "front"}}});
-    let obj = run(&[("me", two.clone(), false), ("other", tier.clone(), false), ("me", one.clone(), false)]).unwrap();
-    assert_eq!(obj["metadata"]["labels"], json!({"app": "web", "tier": "front"}));
-    assert!(owned(&obj, "me", Operation::Apply).unwrap()["f:metadata"]["f:labels"].get("f:tier").is_none());
-    assert!(owned(&obj, "other", Operation::Apply).unwrap()["f:metadata"]["f:labels"].get("f:tier").is_some());
+    let obj = run(&[
+        ("me", two.clone(), false),
+        ("other", tier.clone(), false),
+        ("me", one.clone(), false),
+    ])
+    .unwrap();
+    assert_eq!(
+        obj["metadata"]["labels"],
+        json!({"app": "web", "tier": "front"})
+    );
+    assert!(
+        owned(&obj, "me", Operation::Apply).unwrap()["f:metadata"]["f:labels"]
+            .get("f:tier")
+            .is_none()
+    );
+    assert!(
+        owned(&obj, "other", Operation::Apply).unwrap()["f:metadata"]["f:labels"]
+            .get("f:tier")
+            .is_some()
+    );
 
     // A different value is a conflict naming the owner, and changes nothing; force takes
     // the field over.
     let other_tier = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"tier": "back"}}});
-    let err = run(&[("me", two.clone(), false), ("other", other_tier.clone(), false)]).unwrap_err();
+    let err = run(&[
+        ("me", two.clone(), false),
+        ("other", other_tier.clone(), false),
+    ])
+    .unwrap_err();
     assert_eq!(
         err,
-        ApplyError::Conflicts(vec![Conflict { manager: "\"me\"".into(), field: ".metadata.labels.tier".into() }])
+        ApplyError::Conflicts(vec![Conflict {
+            manager: "\"me\"".into(),
+            field: ".metadata.labels.tier".into()
+        }])
     );
     let obj = run(&[("me", two.clone(), false), ("other", other_tier, true)]).unwrap();
     assert_eq!(obj["metadata"]["labels"]["tier"], "back");
-    assert!(owned(&obj, "me", Operation::Apply).unwrap()["f:metadata"]["f:labels"].get("f:tier").is_none());
+    assert!(
+        owned(&obj, "me", Operation::Apply).unwrap()["f:metadata"]["f:labels"]
+            .get("f:tier")
+            .is_none()
+    );
     // The former owner no longer owns it, so dropping it from its configuration keeps it.
-    let obj = apply(Some(&obj), &one, &writer("me"), Scope::AllButStatus, false, NOW).unwrap();
+    let obj = apply(
+        Some(&obj),
+        &one,
+        &writer("me"),
+        Scope::AllButStatus,
+        false,
+        NOW,
+    )
+    .unwrap();
     assert_eq!(obj["metadata"]["labels"]["tier"], "back");
 }
 
 #[test]
 fn apply_against_updates_and_status() {
-    let config = deployment(2, json!({"app": "web"}), json!([{"name": "a", "image": "1"}]));
-    let obj = apply(None, &config, &writer("kubectl"), Scope::AllButStatus, false, NOW).unwrap();
+    let config = deployment(
+        2,
+        json!({"app": "web"}),
+        json!([{"name": "a", "image": "1"}]),
+    );
+    let obj = apply(
+        None,
+        &config,
+        &writer("kubectl"),
+        Scope::AllButStatus,
+        false,
+        NOW,
+    )
+    .unwrap();
 
     // kubectl scale takes .spec.replicas through the scale subresource.
     let mut scaled = obj.clone();
     scaled["spec"]["replicas"] = json!(5);
-    record_update(Some(&obj), &mut scaled, &sub("kubectl-scale", "scale"), Scope::Everything, LATER);
+    record_update(
+        Some(&obj),
+        &mut scaled,
+        &sub("kubectl-scale", "scale"),
+        Scope::Everything,
+        LATER,
+    );
     let e = entries(&scaled);
     let scale = e.iter().find(|e| e.manager == "kubectl-scale").unwrap();
     assert_eq!(scale.subresource, "scale");
-    assert_eq!(scale.fields.to_fields_v1(), json!({"f:spec": {"f:replicas": {}}}));
-    assert!(!owned(&scaled, "kubectl", Operation::Apply).unwrap()["f:spec"].get("f:replicas").is_some());
+    assert_eq!(
+        scale.fields.to_fields_v1(),
+        json!({"f:spec": {"f:replicas": {}}})
+    );
+    assert!(
+        owned(&scaled, "kubectl", Operation::Apply).unwrap()["f:spec"]
+            .get("f:replicas")
+            .is_none()
+    );
 
     // Re-applying 2 replicas conflicts with it, as upstream words it.
-    let err = apply(Some(&scaled), &config, &writer("kubectl"), Scope::AllButStatus, false, LATER).unwrap_err();
-    let ApplyError::Conflicts(conflicts) = err else { panic!("{err:?}") };
+    let err = apply(
+        Some(&scaled),
+        &config,
+        &writer("kubectl"),
+        Scope::AllButStatus,
+        false,
+        LATER,
+    )
+    .unwrap_err();
+    let ApplyError::Conflicts(conflicts) = err else {
+        panic!("{err:?}")
+    };
     assert_eq!(
         conflict_message(&conflicts),
         "Apply failed with 1 conflict: conflict with \"kubectl-scale\" with subresource \"scale\" using apps/v1: .spec.replicas"
     );
     // Re-applying 5 does not: the field is shared.
-    let five = deployment(5, json!({"app": "web"}), json!([{"name": "a", "image": "1"}]));
-    let shared = apply(Some(&scaled), &five, &writer("kubectl"), Scope::AllButStatus, false, LATER).unwrap();
+    let five = deployment(
+        5,
+        json!({"app": "web"}),
+        json!([{"name": "a", "image": "1"}]),
+    );
+    let shared = apply(
+        Some(&scaled),
+        &five,
+        &writer("kubectl"),
+        Scope::AllButStatus,
+        false,
+        LATER,
+    )
+    .unwrap();
     assert!(owned(&shared, "kubectl-scale", Operation::Update).is_some());
-    assert!(owned(&shared, "kubectl", Operation::Apply).unwrap()["f:spec"].get("f:replicas").is_some());
+    assert!(
+        owned(&shared, "kubectl", Operation::Apply).unwrap()["f:spec"]
+            .get("f:replicas")
+            .is_some()
+    );
 
     // Status writes own status only and never conflict with the spec's applier.
     let mut with_status = scaled.clone();
     with_status["status"] = json!({"replicas": 5});
-    record_update(Some(&scaled), &mut with_status, &sub("controller", "status"), Scope::StatusOnly, LATER);
+    record_update(
+        Some(&scaled),
+        &mut with_status,
+        &sub("controller", "status"),
+        Scope::StatusOnly,
+        LATER,
+    );
     assert_eq!(
         owned(&with_status, "controller", Operation::Update).unwrap(),
         json!({"f:status": {"f:replicas": {}}})
     );
-    let forced = apply(Some(&with_status), &config, &writer("kubectl"), Scope::AllButStatus, true, LATER).unwrap();
+    let forced = apply(
+        Some(&with_status),
+        &config,
+        &writer("kubectl"),
+        Scope::AllButStatus,
+        true,
+        LATER,
+    )
+    .unwrap();
     assert_eq!(forced["spec"]["replicas"], 2);
     assert_eq!(forced["status"]["replicas"], 5);
-    assert!(owned(&forced, "kubectl-scale", Operation::Update).is_none(), "force takes the only field");
+    assert!(
+        owned(&forced, "kubectl-scale", Operation::Update).is_none(),
+        "force takes the only field"
+    );
     assert!(owned(&forced, "controller", Operation::Update).is_some());
 }
 
 #[test]
 fn an_identical_apply_changes_nothing() {
-    let config = deployment(2, json!({"app": "web"}), json!([{"name": "a", "image": "1"}]));
-    let first = apply(None, &config, &writer("me"), Scope::AllButStatus, false, NOW).unwrap();
-    let again = apply(Some(&first), &config, &writer("me"), Scope::AllButStatus, false, LATER).unwrap();
+    let config = deployment(
+        2,
+        json!({"app": "web"}),
+        json!([{"name": "a", "image": "1"}]),
+    );
+    let first = apply(
+        None,
+        &config,
+        &writer("me"),
+        Scope::AllButStatus,
+        false,
+        NOW,
+    )
+    .unwrap();
+    let again = apply(
+        Some(&first),
+        &config,
+        &writer("me"),
+        Scope::AllButStatus,
+        false,
+        LATER,
+    )
+    .unwrap();
     assert_eq!(again, first, "same object, same managedFields, same time");
-    let changed = deployment(3, json!({"app": "web"}), json!([{"name": "a", "image": "1"}]));
-    let third = apply(Some(&first), &changed, &writer("me"), Scope::AllButStatus, false, LATER).unwrap();
+    let changed = deployment(
+        3,
+        json!({"app": "web"}),
+        json!([{"name": "a", "image": "1"}]),
+    );
+    let third = apply(
+        Some(&first),
+        &changed,
+        &writer("me"),
+        Scope::AllButStatus,
+        false,
+        LATER,
+    )
+    .unwrap();
     assert_eq!(entries(&third)[0].time.as_deref(), Some(LATER));
 }
 
@@ -396,7 +561,13 @@ fn updates_table() {
         "data": {"k": "v"}
     });
     let mut created = live.clone();
-    record_update(None, &mut created, &writer("kubectl-create"), Scope::Everything, NOW);
+    record_update(
+        None,
+        &mut created,
+        &writer("kubectl-create"),
+        Scope::Everything,
+        NOW,
+    );
     assert_eq!(
         owned(&created, "kubectl-create", Operation::Update).unwrap(),
         json!({"f:data": {".": {}, "f:k": {}}, "f:metadata": {"f:labels": {".": {}, "f:a": {}}}})
@@ -404,13 +575,22 @@ fn updates_table() {
 
     // (what, change, writer, fields of the writer afterwards, of kubectl-create)
     type Change = fn(&mut Value);
-    let table: Vec<(&str, Change, &str, Option<Value>, Option<Value>)> = vec![
+    type Case = (
+        &'static str,
+        Change,
+        &'static str,
+        Option<Value>,
+        Option<Value>,
+    );
+    let table: Vec<Case> = vec![
         (
             "a new label is the labeller's, the rest stays",
             |o| o["metadata"]["labels"]["b"] = json!("2"),
             "kubectl-label",
             Some(json!({"f:metadata": {"f:labels": {"f:b": {}}}})),
-            Some(json!({"f:data": {".": {}, "f:k": {}}, "f:metadata": {"f:labels": {".": {}, "f:a": {}}}})),
+            Some(
+                json!({"f:data": {".": {}, "f:k": {}}, "f:metadata": {"f:labels": {".": {}, "f:a": {}}}}),
+            ),
         ),
         (
             "a changed value moves to the editor",
@@ -433,7 +613,9 @@ fn updates_table() {
             |o| o["metadata"]["resourceVersion"] = json!("9"),
             "kubectl-edit",
             None,
-            Some(json!({"f:data": {".": {}, "f:k": {}}, "f:metadata": {"f:labels": {".": {}, "f:a": {}}}})),
+            Some(
+                json!({"f:data": {".": {}, "f:k": {}}, "f:metadata": {"f:labels": {".": {}, "f:a": {}}}}),
+            ),
         ),
         (
             "[{}] clears the managed fields, and the object stays untracked",
@@ -449,27 +631,63 @@ fn updates_table() {
     for (what, change, manager, mine, creator) in table {
         let mut new = created.clone();
         change(&mut new);
-        record_update(Some(&created), &mut new, &writer(manager), Scope::Everything, LATER);
-        assert_eq!(owned(&new, manager, Operation::Update), mine, "{what}: {manager}");
-        assert_eq!(owned(&new, "kubectl-create", Operation::Update), creator, "{what}: creator");
+        record_update(
+            Some(&created),
+            &mut new,
+            &writer(manager),
+            Scope::Everything,
+            LATER,
+        );
+        assert_eq!(
+            owned(&new, manager, Operation::Update),
+            mine,
+            "{what}: {manager}"
+        );
+        assert_eq!(
+            owned(&new, "kubectl-create", Operation::Update),
+            creator,
+            "{what}: creator"
+        );
     }
 
     // A request's own managedFields replace the live ones; undecodable ones are ignored.
     let mut replaced = created.clone();
     replaced["metadata"]["managedFields"] = json!([{"manager": "x", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:k": {}}}}]);
-    record_update(Some(&created), &mut replaced, &writer("y"), Scope::Everything, LATER);
+    record_update(
+        Some(&created),
+        &mut replaced,
+        &writer("y"),
+        Scope::Everything,
+        LATER,
+    );
     assert_eq!(entries(&replaced).len(), 1);
     assert_eq!(entries(&replaced)[0].manager, "x");
     let mut garbage = created.clone();
     garbage["metadata"]["managedFields"] = json!([{"manager": "x"}]);
-    record_update(Some(&created), &mut garbage, &writer("y"), Scope::Everything, LATER);
+    record_update(
+        Some(&created),
+        &mut garbage,
+        &writer("y"),
+        Scope::Everything,
+        LATER,
+    );
     assert_eq!(entries(&garbage), entries(&created));
 }
 
 #[test]
 fn create_owns_structs_through_their_fields() {
-    let mut d = deployment(1, json!({"app": "web"}), json!([{"name": "c", "image": "i", "resources": {"limits": {"cpu": "1"}}}]));
-    record_update(None, &mut d, &writer("kubectl-create"), Scope::AllButStatus, NOW);
+    let mut d = deployment(
+        1,
+        json!({"app": "web"}),
+        json!([{"name": "c", "image": "i", "resources": {"limits": {"cpu": "1"}}}]),
+    );
+    record_update(
+        None,
+        &mut d,
+        &writer("kubectl-create"),
+        Scope::AllButStatus,
+        NOW,
+    );
     assert_eq!(
         owned(&d, "kubectl-create", Operation::Update).unwrap(),
         json!({
@@ -483,12 +701,19 @@ fn create_owns_structs_through_their_fields() {
 
 #[test]
 fn update_managers_are_capped() {
-    let mut obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}});
+    let mut obj =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}});
     for i in 0..12 {
         let before = obj.clone();
         obj["data"][format!("k{i}")] = json!("v");
         let time = format!("2030-01-01T00:00:{i:02}Z");
-        record_update(Some(&before).filter(|_| i > 0), &mut obj, &writer(&format!("m{i:02}")), Scope::Everything, &time);
+        record_update(
+            Some(&before).filter(|_| i > 0),
+            &mut obj,
+            &writer(&format!("m{i:02}")),
+            Scope::Everything,
+            &time,
+        );
     }
     let e = entries(&obj);
     assert_eq!(e.len(), MAX_UPDATE_MANAGERS);
@@ -499,9 +724,16 @@ fn update_managers_are_capped() {
 
 #[test]
 fn conflict_messages() {
-    let c = |m: &str, f: &str| Conflict { manager: m.into(), field: f.into() };
+    let c = |m: &str, f: &str| Conflict {
+        manager: m.into(),
+        field: f.into(),
+    };
     assert_eq!(
-        conflict_message(&[c("\"a\"", ".x"), c("\"b\" using v1", ".y"), c("\"a\"", ".z")]),
+        conflict_message(&[
+            c("\"a\"", ".x"),
+            c("\"b\" using v1", ".y"),
+            c("\"a\"", ".z")
+        ]),
         "Apply failed with 3 conflicts: conflicts with \"a\":\n- .x\n- .z\nconflicts with \"b\" using v1:\n- .y"
     );
 }
@@ -512,18 +744,44 @@ fn client_side_apply_upgrades_without_conflicts() {
     let last = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2}});
     let mut live = deployment(2, json!({"app": "web"}), json!([{"name": "a"}]));
     live["metadata"]["annotations"] = json!({LAST_APPLIED: last.to_string()});
-    record_update(None, &mut live, &writer("kubectl-client-side-apply"), Scope::AllButStatus, NOW);
+    record_update(
+        None,
+        &mut live,
+        &writer("kubectl-client-side-apply"),
+        Scope::AllButStatus,
+        NOW,
+    );
     // kubectl apply --server-side with another value takes over what the annotation still
     // describes; another manager name would conflict.
     let config = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 3}});
-    let upgraded = apply(Some(&live), &config, &writer("kubectl"), Scope::AllButStatus, false, LATER).unwrap();
+    let upgraded = apply(
+        Some(&live),
+        &config,
+        &writer("kubectl"),
+        Scope::AllButStatus,
+        false,
+        LATER,
+    )
+    .unwrap();
     assert_eq!(upgraded["spec"]["replicas"], 3);
     let annotation: Value = serde_json::from_str(
-        upgraded["metadata"]["annotations"][LAST_APPLIED].as_str().unwrap(),
+        upgraded["metadata"]["annotations"][LAST_APPLIED]
+            .as_str()
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(annotation["spec"]["replicas"], 3);
-    assert!(apply(Some(&live), &config, &writer("someone"), Scope::AllButStatus, false, LATER).is_err());
+    assert!(
+        apply(
+            Some(&live),
+            &config,
+            &writer("someone"),
+            Scope::AllButStatus,
+            false,
+            LATER
+        )
+        .is_err()
+    );
 }
 
 #[test]
