@@ -1077,23 +1077,6 @@ fn set_managed_fields(obj: &mut Value, entries: Vec<Entry>) {
     };
 }
 
-/// Maps that objects hold (rather than structs): a write that creates one owns it (`.`), as
-/// upstream records a nil map becoming set.
-const MAPS: [&str; 12] = [
-    "labels",
-    "annotations",
-    "data",
-    "binaryData",
-    "stringData",
-    "limits",
-    "requests",
-    "capacity",
-    "allocatable",
-    "hard",
-    "used",
-    "parameters",
-];
-
 /// Upstream compares with Go values, where a struct (and a list without `omitempty`, such
 /// as `containers`) exists even when empty: a write that fills one owns what it put there,
 /// not the node itself. Maps and other lists start as nil, so creating them owns them.
@@ -1106,7 +1089,7 @@ fn drop_struct_members(set: &mut FieldSet, v: &Value) {
         };
         if let Some(value) = value {
             let always_there = match value {
-                Value::Object(_) => !MAPS.contains(&name),
+                Value::Object(_) => !strategic::is_map_field(name),
                 Value::Array(_) => name == "containers",
                 _ => false,
             };

@@ -8,7 +8,8 @@
 //! keys from struct tags; here they come from [`list_schema`], one table keyed by field path
 //! that holds both tags of each list: `patchStrategy`/`patchMergeKey` (strategic merge) and
 //! `listType`/`listMapKey` (server-side apply), plus [`is_atomic_object`] for the structs and
-//! maps upstream marks `structType=atomic` / `mapType=atomic`.
+//! maps upstream marks `structType=atomic` / `mapType=atomic` and [`is_map_field`] for the
+//! maps among objects.
 
 use serde_json::{Map, Value};
 
@@ -111,6 +112,26 @@ pub fn list_schema(path: &[&str]) -> ListSchema {
 /// The strategic merge strategy of the list at `path` (see [`list_schema`]).
 pub fn list_strategy(path: &[&str]) -> ListStrategy {
     list_schema(path).patch
+}
+
+/// Whether a field named `name` holds a map (`map[string]...` in Go) rather than a struct:
+/// labels, annotations, ConfigMap and Secret data, resource quantities, parameters.
+pub fn is_map_field(name: &str) -> bool {
+    matches!(
+        name,
+        "labels"
+            | "annotations"
+            | "data"
+            | "binaryData"
+            | "stringData"
+            | "limits"
+            | "requests"
+            | "capacity"
+            | "allocatable"
+            | "hard"
+            | "used"
+            | "parameters"
+    )
 }
 
 /// Whether the object at `path` is owned and replaced whole by server-side apply: label

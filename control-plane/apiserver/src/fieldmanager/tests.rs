@@ -511,6 +511,51 @@ fn apply_against_updates_and_status() {
 }
 
 #[test]
+fn status_applies_own_status_only() {
+    let config = deployment(
+        2,
+        json!({"app": "web"}),
+        json!([{"name": "a", "image": "1"}]),
+    );
+    let obj = apply(
+        None,
+        &config,
+        &writer("kubectl"),
+        Scope::AllButStatus,
+        false,
+        NOW,
+    )
+    .unwrap();
+    let mut status = config.clone();
+    status["spec"]["replicas"] = json!(9);
+    status["status"] = json!({"replicas": 2});
+    let applied = apply(
+        Some(&obj),
+        &status,
+        &sub("controller", "status"),
+        Scope::StatusOnly,
+        false,
+        LATER,
+    )
+    .unwrap();
+    let e = entries(&applied);
+    let mine = e.iter().find(|e| e.manager == "controller").unwrap();
+    assert_eq!(
+        (mine.operation, mine.subresource.as_str()),
+        (Operation::Apply, "status")
+    );
+    assert_eq!(
+        mine.fields.to_fields_v1(),
+        json!({"f:status": {"f:replicas": {}}})
+    );
+    assert!(
+        owned(&applied, "kubectl", Operation::Apply).unwrap()["f:spec"]
+            .get("f:replicas")
+            .is_some()
+    );
+}
+
+#[test]
 fn an_identical_apply_changes_nothing() {
     let config = deployment(
         2,
