@@ -10,6 +10,7 @@ mod allocator;
 mod codec;
 mod defaults;
 mod discovery;
+mod fieldmanager;
 mod handlers;
 mod metrics;
 mod namespaces;

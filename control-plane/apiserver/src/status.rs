@@ -125,6 +125,15 @@ pub enum ApiError {
     /// A stale `resourceVersion` or failed precondition (409 Conflict).
     #[error("Operation cannot be fulfilled on {} \"{}\": {}", .0.qualified(), .0.name, .1)]
     Conflict(Target, String),
+    /// A server-side apply would change fields other managers own (409 Conflict), with one
+    /// `FieldManagerConflict` cause per field.
+    #[error("{message}")]
+    ApplyConflict {
+        /// Upstream's summary (`Apply failed with 1 conflict: ...`).
+        message: String,
+        /// `(field, owner)` pairs: `.spec.replicas`, `conflict with "kubectl-scale" ...`.
+        causes: Vec<(String, String)>,
+    },
     /// The object is invalid (422 Invalid) with per-field causes.
     #[error("{kind} \"{}\" is invalid: {}", .target.name, render_causes(.causes))]
     Invalid {
@@ -196,7 +205,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) | ApiError::NoSuchResource => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::AlreadyExists(_) | ApiError::Conflict(..) => StatusCode::CONFLICT,
+            ApiError::AlreadyExists(_)
+            | ApiError::Conflict(..)
+            | ApiError::ApplyConflict { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Expired { .. } => StatusCode::GONE,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -216,7 +227,7 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::NoSuchResource => "NotFound",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::AlreadyExists(_) => "AlreadyExists",
-            ApiError::Conflict(..) => "Conflict",
+            ApiError::Conflict(..) | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::Expired { .. } => "Expired",
             ApiError::Forbidden { .. } => "Forbidden",
@@ -250,10 +261,27 @@ impl ApiError {
                 causes,
             } => {
                 let mut d = target_details(target);
-                d["kind"] = json!(kind);
+                // A qualified kind (`PatchOptions.meta.k8s.io`) names its group.
+                match kind.split_once('.') {
+                    Some((kind, group)) => {
+                        d["kind"] = json!(kind);
+                        d["group"] = json!(group);
+                    }
+                    None => d["kind"] = json!(kind),
+                }
                 d["causes"] = causes.iter().map(Cause::to_json).collect();
                 Some(d)
             }
+            ApiError::ApplyConflict { causes, .. } => Some(json!({
+                "causes": causes
+                    .iter()
+                    .map(|(field, message)| json!({
+                        "reason": "FieldManagerConflict",
+                        "message": message,
+                        "field": field,
+                    }))
+                    .collect::<Vec<_>>(),
+            })),
             _ => None,
         };
         if let Some(details) = details {

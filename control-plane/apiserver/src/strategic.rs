@@ -1,15 +1,19 @@
-//! Strategic merge patch (what `kubectl apply` and `kubectl patch` send by default) and the
-//! managed-fields sets of server-side apply.
+//! Strategic merge patch (what `kubectl apply` and `kubectl patch` send by default), and the
+//! schema facts it shares with server-side apply ([`crate::fieldmanager`]).
 //!
 //! A strategic merge patch is a JSON merge patch in which some lists merge element by element
 //! on a key (containers by `name`, container ports by `containerPort`, ...) instead of being
 //! replaced, plus directives: `$patch` (`replace`, `delete`, `merge`), `$retainKeys`,
 //! `$setElementOrder/<list>` and `$deleteFromPrimitiveList/<list>`. Upstream reads the merge
-//! keys from struct tags; here they come from [`list_strategy`], a table keyed by field path.
+//! keys from struct tags; here they come from [`list_schema`], one table keyed by field path
+//! that holds both tags of each list: `patchStrategy`/`patchMergeKey` (strategic merge) and
+//! `listType`/`listMapKey` (server-side apply), plus [`is_atomic_object`] for the structs and
+//! maps upstream marks `structType=atomic` / `mapType=atomic` and [`is_map_field`] for the
+//! maps among objects.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-/// How a list field merges.
+/// How a list field merges in a strategic merge patch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListStrategy {
     /// Elements are objects merged by this key.
@@ -20,31 +24,130 @@ pub enum ListStrategy {
     Replace,
 }
 
-/// The merge strategy of the list at `path` (field names from the object's root, list
-/// indices omitted), as upstream's `patchStrategy`/`patchMergeKey` tags say.
-pub fn list_strategy(path: &[&str]) -> ListStrategy {
+/// One key field of an associative list (`listMapKey`), with the value an element that
+/// omits it is identified by (its schema default, as upstream's OpenAPI `default`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapKey {
+    pub name: &'static str,
+    pub default: Option<&'static str>,
+}
+
+/// How server-side apply sees a list (`x-kubernetes-list-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListType {
+    /// Owned and replaced whole (the default for lists without a type).
+    Atomic,
+    /// A set of primitives, each owned on its own (`v:` elements).
+    Set,
+    /// An associative list: objects identified by these keys (`k:` elements).
+    Map(&'static [MapKey]),
+}
+
+/// Both tags of one list field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListSchema {
+    /// `patchStrategy`/`patchMergeKey`.
+    pub patch: ListStrategy,
+    /// `listType`/`listMapKey`.
+    pub apply: ListType,
+}
+
+const fn key(name: &'static str) -> MapKey {
+    MapKey {
+        name,
+        default: None,
+    }
+}
+
+const NAME: &[MapKey] = &[key("name")];
+const TYPE: &[MapKey] = &[key("type")];
+const IP: &[MapKey] = &[key("ip")];
+const UID: &[MapKey] = &[key("uid")];
+const MOUNT_PATH: &[MapKey] = &[key("mountPath")];
+const DEVICE_PATH: &[MapKey] = &[key("devicePath")];
+const TOPOLOGY: &[MapKey] = &[key("topologyKey"), key("whenUnsatisfiable")];
+const PROTOCOL_TCP: MapKey = MapKey {
+    name: "protocol",
+    default: Some("TCP"),
+};
+const CONTAINER_PORT: &[MapKey] = &[key("containerPort"), PROTOCOL_TCP];
+const SERVICE_PORT: &[MapKey] = &[key("port"), PROTOCOL_TCP];
+
+/// The tags of the list at `path` (field names from the object's root, list indices
+/// omitted), as upstream's Go types declare them.
+pub fn list_schema(path: &[&str]) -> ListSchema {
+    use ListStrategy::{MergeKey, MergePrimitives, Replace};
+    let both = |patch, apply| ListSchema { patch, apply };
     let Some((last, parents)) = path.split_last() else {
-        return ListStrategy::Replace;
+        return both(Replace, ListType::Atomic);
     };
     let in_container = parents
         .iter()
         .any(|p| matches!(*p, "containers" | "initContainers" | "ephemeralContainers"));
     match *last {
-        "containers" | "initContainers" | "ephemeralContainers" => ListStrategy::MergeKey("name"),
-        "env" | "volumes" | "imagePullSecrets" | "resourceClaims" | "schedulingGates" => {
-            ListStrategy::MergeKey("name")
+        "containers" | "initContainers" | "ephemeralContainers" => {
+            both(MergeKey("name"), ListType::Map(NAME))
         }
-        "volumeMounts" => ListStrategy::MergeKey("mountPath"),
-        "volumeDevices" => ListStrategy::MergeKey("devicePath"),
-        "hostAliases" => ListStrategy::MergeKey("ip"),
-        "topologySpreadConstraints" => ListStrategy::MergeKey("topologyKey"),
-        "conditions" => ListStrategy::MergeKey("type"),
-        "ownerReferences" => ListStrategy::MergeKey("uid"),
-        "ports" if in_container => ListStrategy::MergeKey("containerPort"),
-        "ports" if parents == ["spec"] => ListStrategy::MergeKey("port"),
-        "addresses" if parents == ["status"] => ListStrategy::MergeKey("type"),
-        "finalizers" if parents == ["metadata"] => ListStrategy::MergePrimitives,
-        _ => ListStrategy::Replace,
+        "env" | "volumes" | "imagePullSecrets" | "resourceClaims" | "schedulingGates" => {
+            both(MergeKey("name"), ListType::Map(NAME))
+        }
+        "volumeMounts" => both(MergeKey("mountPath"), ListType::Map(MOUNT_PATH)),
+        "volumeDevices" => both(MergeKey("devicePath"), ListType::Map(DEVICE_PATH)),
+        "hostAliases" => both(MergeKey("ip"), ListType::Map(IP)),
+        "topologySpreadConstraints" => both(MergeKey("topologyKey"), ListType::Map(TOPOLOGY)),
+        "conditions" => both(MergeKey("type"), ListType::Map(TYPE)),
+        "ownerReferences" => both(MergeKey("uid"), ListType::Map(UID)),
+        "ports" if in_container => both(MergeKey("containerPort"), ListType::Map(CONTAINER_PORT)),
+        "ports" if parents == ["spec"] => both(MergeKey("port"), ListType::Map(SERVICE_PORT)),
+        "addresses" if parents == ["status"] => both(MergeKey("type"), ListType::Map(TYPE)),
+        "podIPs" if parents == ["status"] => both(MergeKey("ip"), ListType::Map(IP)),
+        "hostIPs" if parents == ["status"] => both(MergeKey("ip"), ListType::Atomic),
+        "podCIDRs" if parents == ["spec"] => both(MergePrimitives, ListType::Set),
+        "secrets" if parents.is_empty() => both(MergeKey("name"), ListType::Map(NAME)),
+        "finalizers" if parents == ["metadata"] => both(MergePrimitives, ListType::Set),
+        _ => both(Replace, ListType::Atomic),
+    }
+}
+
+/// The strategic merge strategy of the list at `path` (see [`list_schema`]).
+pub fn list_strategy(path: &[&str]) -> ListStrategy {
+    list_schema(path).patch
+}
+
+/// Whether a field named `name` holds a map (`map[string]...` in Go) rather than a struct:
+/// labels, annotations, ConfigMap and Secret data, resource quantities, parameters.
+pub fn is_map_field(name: &str) -> bool {
+    matches!(
+        name,
+        "labels"
+            | "annotations"
+            | "data"
+            | "binaryData"
+            | "stringData"
+            | "limits"
+            | "requests"
+            | "capacity"
+            | "allocatable"
+            | "hard"
+            | "used"
+            | "parameters"
+    )
+}
+
+/// Whether the object at `path` is owned and replaced whole by server-side apply: label
+/// selectors (`structType=atomic`), the atomic maps (`selector` of a Service,
+/// `nodeSelector`) and the reference structs upstream marks atomic.
+pub fn is_atomic_object(path: &[&str]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    match *last {
+        "selector" | "nodeSelector" | "labelSelector" | "podSelector" | "namespaceSelector"
+        | "objectSelector" | "configMapKeyRef" | "secretKeyRef" | "fieldRef"
+        | "resourceFieldRef" | "fileKeyRef" | "claimRef" | "dataSource" | "involvedObject"
+        | "regarding" | "related" | "targetRef" | "secretRef" => true,
+        "requiredDuringSchedulingIgnoredDuringExecution" => parents.last() == Some(&"nodeAffinity"),
+        _ => false,
     }
 }
 
@@ -247,62 +350,10 @@ fn reorder(list: &mut Vec<Value>, order: &[Value], strategy: ListStrategy) {
     list.extend(indexed.into_iter().map(|(_, _, v)| v));
 }
 
-/// The `fieldsV1` set of the fields an applied configuration sets, for `managedFields`.
-pub fn fields_v1(applied: &Value) -> Value {
-    let mut root = Map::new();
-    if let Some(m) = applied.as_object() {
-        for (k, v) in m {
-            if k == "apiVersion" || k == "kind" {
-                continue;
-            }
-            root.insert(format!("f:{k}"), fields_of(v, &mut vec![k.clone()]));
-        }
-    }
-    Value::Object(root)
-}
-
-fn fields_of(v: &Value, path: &mut Vec<String>) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut out = Map::new();
-            for (k, v) in m {
-                path.push(k.clone());
-                out.insert(format!("f:{k}"), fields_of(v, path));
-                path.pop();
-            }
-            Value::Object(out)
-        }
-        Value::Array(items) => {
-            let strategy = list_strategy(&path.iter().map(String::as_str).collect::<Vec<_>>());
-            let mut out = Map::new();
-            match strategy {
-                ListStrategy::MergeKey(key) => {
-                    for item in items {
-                        if let Some(id) = item.get(key) {
-                            let mut entry = fields_of(item, path);
-                            if let Some(m) = entry.as_object_mut() {
-                                m.insert(".".into(), json!({}));
-                            }
-                            out.insert(format!("k:{}", json!({ key: id })), entry);
-                        }
-                    }
-                }
-                ListStrategy::MergePrimitives => {
-                    for item in items {
-                        out.insert(format!("v:{item}"), json!({}));
-                    }
-                }
-                ListStrategy::Replace => {}
-            }
-            Value::Object(out)
-        }
-        _ => json!({}),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn deployment() -> Value {
         json!({
@@ -422,18 +473,56 @@ mod tests {
     }
 
     #[test]
-    fn managed_fields_sets() {
-        let applied = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "1"}});
-        assert_eq!(
-            fields_v1(&applied),
-            json!({"f:metadata": {"f:name": {}}, "f:data": {"f:a": {}}})
-        );
-        let pod = json!({"spec": {"containers": [{"name": "c", "image": "i"}]}});
-        let f = fields_v1(&pod);
-        assert!(
-            f["f:spec"]["f:containers"]
-                .get("k:{\"name\":\"c\"}")
-                .is_some()
-        );
+    fn list_tags_table() {
+        // (path, strategic merge, server-side apply)
+        let table: Vec<(&[&str], ListStrategy, ListType)> = vec![
+            (
+                &["spec", "template", "spec", "containers"],
+                ListStrategy::MergeKey("name"),
+                ListType::Map(NAME),
+            ),
+            (
+                &["spec", "containers", "ports"],
+                ListStrategy::MergeKey("containerPort"),
+                ListType::Map(CONTAINER_PORT),
+            ),
+            (
+                &["spec", "ports"],
+                ListStrategy::MergeKey("port"),
+                ListType::Map(SERVICE_PORT),
+            ),
+            (
+                &["status", "hostIPs"],
+                ListStrategy::MergeKey("ip"),
+                ListType::Atomic,
+            ),
+            (
+                &["metadata", "finalizers"],
+                ListStrategy::MergePrimitives,
+                ListType::Set,
+            ),
+            (
+                &["spec", "containers", "args"],
+                ListStrategy::Replace,
+                ListType::Atomic,
+            ),
+            (
+                &["spec", "tolerations"],
+                ListStrategy::Replace,
+                ListType::Atomic,
+            ),
+            (&["subsets"], ListStrategy::Replace, ListType::Atomic),
+        ];
+        for (path, patch, apply) in table {
+            assert_eq!(list_schema(path), ListSchema { patch, apply }, "{path:?}");
+        }
+        assert!(is_atomic_object(&["spec", "selector"]));
+        assert!(is_atomic_object(&[
+            "spec",
+            "affinity",
+            "nodeAffinity",
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]));
+        assert!(!is_atomic_object(&["metadata", "labels"]));
     }
 }

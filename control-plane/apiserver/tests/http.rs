@@ -1,6 +1,6 @@
 //! Raw HTTP against the API server: broken requests (each a 4xx `Status` that changes
 //! nothing), optimistic concurrency, pagination, status and generation rules, finalizers,
-//! discovery and metrics.
+//! discovery and metrics, field ownership and server-side apply.
 
 mod common;
 
@@ -335,9 +335,72 @@ async fn broken_requests_get_a_status_and_change_nothing() -> Result<()> {
             "PATCH",
             &format!("{CMS}/existing"),
             "application/apply-patch+yaml",
-            "data: {k: w}",
+            "apiVersion: v1\nkind: ConfigMap\ndata: {k: w}",
+            422,
+            "Invalid",
+        ),
+        broken(
+            "apply carrying managedFields",
+            "PATCH",
+            &format!("{CMS}/existing?fieldManager=me"),
+            "application/apply-patch+yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {managedFields: [{manager: x}]}\ndata: {k: w}",
             400,
             "BadRequest",
+        ),
+        broken(
+            "apply of another apiVersion",
+            "PATCH",
+            &format!("{CMS}/existing?fieldManager=me"),
+            "application/apply-patch+yaml",
+            "apiVersion: v2\nkind: ConfigMap\ndata: {k: w}",
+            400,
+            "BadRequest",
+        ),
+        broken(
+            "apply of a container without its name",
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/nameless?fieldManager=me",
+            "application/apply-patch+yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nspec: {template: {spec: {containers: [{image: x}]}}}",
+            400,
+            "BadRequest",
+        ),
+        broken(
+            "apply of the same container twice",
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/twice?fieldManager=me",
+            "application/apply-patch+yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nspec: {template: {spec: {containers: [{name: a}, {name: a}]}}}",
+            400,
+            "BadRequest",
+        ),
+        broken(
+            "apply with a bad force",
+            "PATCH",
+            &format!("{CMS}/existing?fieldManager=me&force=maybe"),
+            "application/apply-patch+yaml",
+            "apiVersion: v1\nkind: ConfigMap\ndata: {k: w}",
+            400,
+            "BadRequest",
+        ),
+        broken(
+            "force on a merge patch",
+            "PATCH",
+            &format!("{CMS}/existing?force=true"),
+            "application/merge-patch+json",
+            r#"{"data":{"k":"w"}}"#,
+            422,
+            "Invalid",
+        ),
+        broken(
+            "a field manager too long",
+            "PUT",
+            &format!("{CMS}/existing?fieldManager={}", "m".repeat(129)),
+            json,
+            cm("existing").to_string(),
+            422,
+            "Invalid",
         ),
         broken(
             "bad label selector",
@@ -1004,5 +1067,172 @@ async fn an_identical_apply_writes_nothing_and_secret_string_data_becomes_data()
     let refused = http.post_json("/api/v1/namespaces/default/secrets", &bad).await?;
     ensure!(refused.status == 400, "{:?}", refused.body);
     ensure!(refused.json()["message"].as_str().unwrap_or_default().contains("expected a string"), "{:?}", refused.body);
+    Ok(())
+}
+
+/// `PATCH` with an applied configuration (YAML or JSON) as `manager`.
+async fn apply_as(http: &Http, path: &str, manager: &str, extra: &str, body: &Value) -> Result<common::Reply> {
+    http.request(
+        "PATCH",
+        &format!("{path}?fieldManager={manager}{extra}"),
+        &[("content-type", "application/apply-patch+yaml")],
+        body.to_string(),
+    )
+    .await
+}
+
+/// The managed fields entries as `(manager, operation, subresource, fieldsV1)`.
+fn entries(obj: &Value) -> Vec<(String, String, String, Value)> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let s = |f: &str| e[f].as_str().unwrap_or_default().to_owned();
+            (s("manager"), s("operation"), s("subresource"), e["fieldsV1"].clone())
+        })
+        .collect()
+}
+
+fn fields(obj: &Value, manager: &str) -> Value {
+    entries(obj)
+        .into_iter()
+        .find(|e| e.0 == manager)
+        .map(|e| e.3)
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_records_who_set_what() -> Result<()> {
+    let store = StoreHandle::open(Backend::Embedded).await?;
+    let server = TestServer::start(store.store.clone()).await?;
+    let http = Http::new(&server);
+    let path = format!("{CMS}/owned");
+
+    // Create: the creator owns what it set, defaults included.
+    let mut body = cm("owned");
+    body["metadata"]["labels"] = json!({"app": "x"});
+    let created = http.post_json(&format!("{CMS}?fieldManager=creator"), &body).await?;
+    ensure!(created.status == 201, "{:?}", created.body);
+    let obj = created.json();
+    ensure!(
+        entries(&obj) == [("creator".into(), "Update".into(), String::new(), json!({"f:data": {".": {}, "f:k": {}}, "f:metadata": {"f:labels": {".": {}, "f:app": {}}}}))],
+        "{obj}"
+    );
+
+    // An update owns what it changed, taken from the creator.
+    let mut put = obj.clone();
+    put["data"]["k"] = json!("changed");
+    let updated = http.put_json(&format!("{path}?fieldManager=editor"), &put).await?.json();
+    ensure!(fields(&updated, "editor") == json!({"f:data": {"f:k": {}}}), "{updated}");
+    ensure!(fields(&updated, "creator") == json!({"f:data": {}, "f:metadata": {"f:labels": {".": {}, "f:app": {}}}}), "{updated}");
+
+    // Without fieldManager the manager is the User-Agent's.
+    let patched = http
+        .request(
+            "PATCH",
+            &path,
+            &[("content-type", "application/merge-patch+json"), ("user-agent", "my-tool/1.2 (linux)")],
+            r#"{"data":{"n":"1"}}"#,
+        )
+        .await?
+        .json();
+    ensure!(fields(&patched, "my-tool") == json!({"f:data": {"f:n": {}}}), "{patched}");
+
+    // `managedFields: [{}]` clears them; the object then stays untracked until applied to.
+    let cleared = http
+        .request("PATCH", &path, &[("content-type", "application/merge-patch+json")], r#"{"metadata":{"managedFields":[{}]}}"#)
+        .await?
+        .json();
+    ensure!(cleared["metadata"].get("managedFields").is_none(), "{cleared}");
+    let untracked = http
+        .request("PATCH", &format!("{path}?fieldManager=later"), &[("content-type", "application/merge-patch+json")], r#"{"data":{"n":"2"}}"#)
+        .await?
+        .json();
+    ensure!(untracked["metadata"].get("managedFields").is_none(), "{untracked}");
+    // An apply then finds what exists owned by "before-first-apply": changing it conflicts.
+    let config = |n: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owned"}, "data": {"n": n, "m": "1"}});
+    let refused = apply_as(&http, &path, "applier", "", &config("3")).await?;
+    ensure!(refused.status == 409, "{:?}", refused.body);
+    ensure!(refused.json()["message"] == "Apply failed with 1 conflict: conflict with \"before-first-apply\" using v1: .data.n", "{:?}", refused.body);
+    let applied = apply_as(&http, &path, "applier", "", &config("2")).await?;
+    ensure!(applied.status == 200, "{:?}", applied.body);
+    let applied = applied.json();
+    ensure!(fields(&applied, "applier") == json!({"f:data": {"f:m": {}, "f:n": {}}}), "{applied}");
+    ensure!(fields(&applied, "before-first-apply")["f:data"]["f:n"] == json!({}), "shared: {applied}");
+
+    // Status and scale writes are recorded with their subresource.
+    let deploy = "/apis/apps/v1/namespaces/default/deployments";
+    ensure!(http.post_json(&format!("{deploy}?fieldManager=creator"), &deployment("web")).await?.status == 201);
+    let status = http
+        .request("PATCH", &format!("{deploy}/web/status?fieldManager=controller"), &[("content-type", "application/merge-patch+json")], r#"{"status":{"replicas":1}}"#)
+        .await?
+        .json();
+    ensure!(
+        entries(&status).contains(&("controller".into(), "Update".into(), "status".into(), json!({"f:status": {"f:replicas": {}}}))),
+        "{status}"
+    );
+    let scale = json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "web"}, "spec": {"replicas": 4}});
+    ensure!(http.put_json(&format!("{deploy}/web/scale?fieldManager=scaler"), &scale).await?.status == 200);
+    let web = http.get(&format!("{deploy}/web")).await?.json();
+    ensure!(
+        entries(&web).contains(&("scaler".into(), "Update".into(), "scale".into(), json!({"f:spec": {"f:replicas": {}}}))),
+        "{web}"
+    );
+    ensure!(fields(&web, "creator")["f:spec"].get("f:replicas").is_none(), "{web}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_conflicts_force_and_dropped_fields() -> Result<()> {
+    let store = StoreHandle::open(Backend::Embedded).await?;
+    let server = TestServer::start(store.store.clone()).await?;
+    let http = Http::new(&server);
+    let deploy = "/apis/apps/v1/namespaces/default/deployments/web";
+    let mut config = deployment("web");
+    config["spec"]["replicas"] = json!(2);
+    ensure!(apply_as(&http, deploy, "a", "", &config).await?.status == 201);
+
+    // Another value from another manager: 409 with one FieldManagerConflict cause per field.
+    let mut other = config.clone();
+    other["spec"]["replicas"] = json!(3);
+    other["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:2");
+    let before = store.store.current_revision().await?;
+    let refused = apply_as(&http, deploy, "b", "", &other).await?;
+    ensure!(refused.status == 409, "{:?}", refused.body);
+    let status = refused.json();
+    ensure!(status["reason"] == "Conflict", "{status}");
+    ensure!(
+        status["message"]
+            == "Apply failed with 2 conflicts: conflicts with \"a\":\n- .spec.replicas\n- .spec.template.spec.containers[name=\"c\"].image",
+        "{status}"
+    );
+    ensure!(
+        status["details"]["causes"][0]
+            == json!({"reason": "FieldManagerConflict", "message": "conflict with \"a\"", "field": ".spec.replicas"}),
+        "{status}"
+    );
+    ensure!(store.store.current_revision().await? == before, "a refused apply writes nothing");
+
+    // The same values are shared; force takes the others over.
+    ensure!(apply_as(&http, deploy, "b", "", &config).await?.status == 200);
+    let forced = apply_as(&http, deploy, "b", "&force=true", &other).await?.json();
+    ensure!(forced["spec"]["replicas"] == 3, "{forced}");
+    ensure!(fields(&forced, "a")["f:spec"].get("f:replicas").is_none(), "{forced}");
+    ensure!(fields(&forced, "b")["f:spec"]["f:replicas"] == json!({}), "{forced}");
+
+    // Service ports are keyed by port and protocol; a port dropped from the configuration goes.
+    let svc = "/api/v1/namespaces/default/services/s";
+    let service = |ports: Value| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"selector": {"app": "x"}, "ports": ports}});
+    ensure!(apply_as(&http, svc, "me", "", &service(json!([{"name": "http", "port": 80}, {"name": "https", "port": 443}]))).await?.status == 201);
+    let one = apply_as(&http, svc, "me", "", &service(json!([{"name": "http", "port": 80}]))).await?.json();
+    let ports: Vec<i64> = one["spec"]["ports"].as_array().into_iter().flatten().filter_map(|p| p["port"].as_i64()).collect();
+    ensure!(ports == [80], "{one}");
+    ensure!(
+        fields(&one, "me")["f:spec"]["f:ports"] == json!({"k:{\"port\":80,\"protocol\":\"TCP\"}": {".": {}, "f:name": {}, "f:port": {}}}),
+        "{one}"
+    );
+    // Fields the server set (the cluster IP) are nobody's and survive applies.
+    ensure!(one["spec"]["clusterIP"].as_str().is_some_and(|ip| ip.starts_with("10.")), "{one}");
     Ok(())
 }

@@ -426,6 +426,181 @@ async fn namespaces(backend: Backend) -> Result<()> {
     Ok(())
 }
 
+const SSA_DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: ssa
+  labels: {app: ssa, tier: front, team: a}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: ssa}
+  template:
+    metadata:
+      labels: {app: ssa}
+    spec:
+      containers:
+      - name: app
+        image: nginx:1
+      - name: sidecar
+        image: envoy:1
+"#;
+
+/// The deployment `ssa` as JSON, managed fields included.
+async fn get_ssa(server: &TestServer) -> Result<Value> {
+    let text = server
+        .kubectl(&["get", "deploy", "ssa", "-o", "json", "--show-managed-fields"])
+        .await?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// The managed fields entries of an object, as `(manager, operation, subresource)`.
+fn owners(obj: &Value) -> Vec<(String, String, String)> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let s = |f: &str| e[f].as_str().unwrap_or_default().to_owned();
+            (s("manager"), s("operation"), s("subresource"))
+        })
+        .collect()
+}
+
+/// The `fieldsV1` of `manager`'s entry with `operation`.
+fn fields_of<'a>(obj: &'a Value, manager: &str, operation: &str) -> Option<&'a Value> {
+    obj["metadata"]["managedFields"]
+        .as_array()?
+        .iter()
+        .find(|e| e["manager"] == manager && e["operation"] == operation)
+        .map(|e| &e["fieldsV1"])
+}
+
+/// `kubectl apply --server-side` as users run it: ownership, conflicts with `kubectl scale`,
+/// `--force-conflicts`, fields dropped from the file, a second applier, status writers.
+async fn server_side_apply(backend: Backend) -> Result<()> {
+    let store = StoreHandle::open(backend).await?;
+    let server = TestServer::start(store.store.clone()).await?;
+    let ssa = |manifest: String, extra: &'static [&'static str]| {
+        let server = &server;
+        async move {
+            let mut args = vec!["apply", "--server-side", "-f", "-"];
+            args.extend_from_slice(extra);
+            server.kubectl_with_input(&args, Some(&manifest)).await
+        }
+    };
+
+    let out = ssa(SSA_DEPLOYMENT.to_owned(), &[]).await?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("deployment.apps/ssa serverside-applied"),
+        "{out:?}"
+    );
+    let obj = get_ssa(&server).await?;
+    ensure!(owners(&obj) == [("kubectl".into(), "Apply".into(), String::new())], "{obj}");
+    let applied = fields_of(&obj, "kubectl", "Apply").context("kubectl's entry")?;
+    ensure!(applied["f:spec"]["f:replicas"] == serde_json::json!({}), "{applied}");
+    ensure!(
+        applied["f:spec"]["f:template"]["f:spec"]["f:containers"]
+            .get(r#"k:{"name":"sidecar"}"#)
+            .is_some(),
+        "{applied}"
+    );
+    // The same file again writes nothing.
+    let rv = obj["metadata"]["resourceVersion"].clone();
+    ensure!(ssa(SSA_DEPLOYMENT.to_owned(), &[]).await?.status.success());
+    ensure!(get_ssa(&server).await?["metadata"]["resourceVersion"] == rv);
+
+    // kubectl scale owns .spec.replicas through the scale subresource (kubectl 1.37 sends
+    // no fieldManager there: the manager is its User-Agent's, "kubectl").
+    server.kubectl(&["scale", "deploy", "ssa", "--replicas=5"]).await?;
+    let scaled = get_ssa(&server).await?;
+    ensure!(
+        owners(&scaled).contains(&("kubectl".into(), "Update".into(), "scale".into())),
+        "{scaled}"
+    );
+    // Applying another count conflicts, names the field and its owner, and changes nothing.
+    let three = SSA_DEPLOYMENT.replace("replicas: 2", "replicas: 3");
+    let out = ssa(three.clone(), &[]).await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "the apply must fail: {err}");
+    ensure!(
+        err.contains(
+            r#"Apply failed with 1 conflict: conflict with "kubectl" with subresource "scale" using apps/v1: .spec.replicas"#
+        ),
+        "{err}"
+    );
+    ensure!(err.contains("--force-conflicts"), "kubectl explains the way out: {err}");
+    let after = get_ssa(&server).await?;
+    ensure!(after["spec"]["replicas"] == 5, "{after}");
+    ensure!(after["metadata"]["resourceVersion"] == scaled["metadata"]["resourceVersion"]);
+    // --force-conflicts takes the field over.
+    ensure!(ssa(three.clone(), &["--force-conflicts"]).await?.status.success());
+    let forced = get_ssa(&server).await?;
+    ensure!(forced["spec"]["replicas"] == 3, "{forced}");
+    ensure!(
+        !owners(&forced).iter().any(|(_, _, sub)| sub == "scale"),
+        "the scale entry lost its only field: {forced}"
+    );
+
+    // A second applier setting the same value shares the field without a conflict...
+    let other = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: ssa\n  labels: {team: a}\n";
+    let out = ssa(other.to_owned(), &["--field-manager", "other"]).await?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // ...and keeps it when the first applier drops it; what the first alone owned goes:
+    // a label and a container removed from the file disappear.
+    let trimmed = three
+        .replace("labels: {app: ssa, tier: front, team: a}", "labels: {app: ssa}")
+        .replace("      - name: sidecar\n        image: envoy:1\n", "");
+    ensure!(ssa(trimmed.clone(), &[]).await?.status.success());
+    let obj = get_ssa(&server).await?;
+    ensure!(
+        obj["metadata"]["labels"] == serde_json::json!({"app": "ssa", "team": "a"}),
+        "{obj}"
+    );
+    let containers: Vec<&str> = obj["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .context("containers")?
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    ensure!(containers == ["app"], "{obj}");
+    ensure!(
+        fields_of(&obj, "other", "Apply").context("other's entry")?["f:metadata"]["f:labels"]
+            == serde_json::json!({"f:team": {}}),
+        "{obj}"
+    );
+
+    // Status writes own status fields only and never conflict with the spec's applier.
+    server
+        .kubectl(&[
+            "patch", "deploy", "ssa", "--subresource=status", "--type=merge", "-p",
+            r#"{"status":{"replicas":3,"observedGeneration":1}}"#,
+        ])
+        .await?;
+    let obj = get_ssa(&server).await?;
+    ensure!(
+        owners(&obj).contains(&("kubectl-patch".into(), "Update".into(), "status".into())),
+        "{obj}"
+    );
+    let changed = trimmed.replace("nginx:1", "nginx:2");
+    let out = ssa(changed, &[]).await?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let obj = get_ssa(&server).await?;
+    ensure!(obj["status"]["replicas"] == 3, "{obj}");
+    ensure!(
+        owners(&obj).contains(&("kubectl-patch".into(), "Update".into(), "status".into())),
+        "{obj}"
+    );
+
+    // Deleting and recreating starts afresh.
+    server.kubectl(&["delete", "deploy", "ssa"]).await?;
+    ensure!(ssa(SSA_DEPLOYMENT.to_owned(), &[]).await?.status.success());
+    let obj = get_ssa(&server).await?;
+    ensure!(owners(&obj) == [("kubectl".into(), "Apply".into(), String::new())], "{obj}");
+    Ok(())
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),*) => {
         mod embedded {
@@ -447,7 +622,7 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(workflow, namespaces);
+on_both_backends!(workflow, namespaces, server_side_apply);
 
 /// `kubectl get -w` prints the current object, then a later change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,3 +710,4 @@ async fn explain_reads_openapi() -> Result<()> {
     );
     Ok(())
 }
+

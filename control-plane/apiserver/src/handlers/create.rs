@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::Ctx;
-use super::write::{self, Commit, service};
+use super::write::{self, Commit, Ownership, service};
 use crate::codec::{self, BodyType, add_warnings, json_response};
 use crate::object::{self, meta_mut};
 use crate::status::{ApiError, Result, success_status};
@@ -41,6 +41,7 @@ pub(crate) fn decode_body(ctx: &Ctx, body: &Bytes) -> Result<Value> {
 
 /// `POST /.../<resource>`.
 pub(crate) async fn create(ctx: &Ctx, body: Bytes) -> Result<Response> {
+    ctx.check_write_options("CreateOptions", None)?;
     let value = decode_body(ctx, &body)?;
     let (obj, warnings) = ctx.decode_object(value)?;
     let (status, obj) = create_object(ctx, obj).await?;
@@ -49,9 +50,19 @@ pub(crate) async fn create(ctx: &Ctx, body: Bytes) -> Result<Response> {
     Ok(response)
 }
 
-/// Creates a decoded object: the body of `create`, also used by server-side apply of an
-/// absent object.
-pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<(StatusCode, Value)> {
+/// Creates a decoded object, its writer owning what it holds: the body of `create`, also
+/// used for the server's own objects.
+pub(crate) async fn create_object(ctx: &Ctx, obj: Value) -> Result<(StatusCode, Value)> {
+    create_object_as(ctx, obj, &Ownership::Update(ctx.writer())).await
+}
+
+/// [`create_object`] with the ownership recorded as `ownership` says (server-side apply of
+/// an absent object brings its own).
+pub(crate) async fn create_object_as(
+    ctx: &Ctx,
+    mut obj: Value,
+    ownership: &Ownership,
+) -> Result<(StatusCode, Value)> {
     let rt = ctx.rt;
     if rt.namespaced {
         let ns = ctx.namespace.clone().unwrap_or_default();
@@ -83,6 +94,7 @@ pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<(StatusCo
     };
     write::stamp_new(ctx, &mut obj);
     (rt.defaults)(&mut obj);
+    ownership.record(ctx, None, &mut obj);
     crate::security::admission::mutate_create(ctx, &mut obj);
     write::invalid(ctx, &name, validation::validate(rt, &obj, None))?;
     crate::security::admission::admit_create(ctx, namespace.as_ref(), &obj)?;
@@ -170,7 +182,9 @@ pub(crate) async fn binding(ctx: &Ctx, body: Bytes) -> Result<Response> {
             user: ctx.user.clone(),
         };
         let merged = write::merge_update(&bind_ctx, &current, new);
-        match write::commit_update(&bind_ctx, &current, rev, merged).await? {
+        match write::commit_update_as(&bind_ctx, &current, rev, merged, &Ownership::Unchanged)
+            .await?
+        {
             Commit::Done(..) => {
                 return Ok(json_response(
                     StatusCode::CREATED,

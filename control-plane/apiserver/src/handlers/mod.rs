@@ -20,10 +20,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::fieldmanager::{Scope, Writer};
 use crate::registry::{ResourceType, Subresource};
 use crate::request_info::RequestInfo;
 use crate::server::ApiState;
-use crate::status::{ApiError, Result, Target};
+use crate::status::{ApiError, Cause, Result, Target};
 use crate::{discovery, object};
 
 pub(crate) use create::create_object;
@@ -46,6 +47,7 @@ pub(crate) struct Params {
     pub send_initial_events: Option<String>,
     pub field_validation: Option<String>,
     pub field_manager: Option<String>,
+    pub force: Option<String>,
     pub dry_run: Option<String>,
     pub grace_period_seconds: Option<i64>,
     pub propagation_policy: Option<String>,
@@ -67,6 +69,56 @@ impl Params {
             ))),
         }
     }
+
+    /// `force` as Go's `strconv.ParseBool` reads it (`None` when absent).
+    pub fn force(&self) -> Result<Option<bool>> {
+        match self.force.as_deref() {
+            None => Ok(None),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(Some(true)),
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(Some(false)),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "invalid force parameter {other:?}: must be true or false"
+            ))),
+        }
+    }
+}
+
+/// The longest `fieldManager` upstream accepts.
+const FIELD_MANAGER_MAX_LENGTH: usize = 128;
+
+/// What is wrong with a `fieldManager` (upstream's `ValidateFieldManager`).
+fn field_manager_causes(manager: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if manager.len() > FIELD_MANAGER_MAX_LENGTH {
+        causes.push(Cause {
+            field: "fieldManager".into(),
+            reason: "FieldValueTooLong",
+            message: format!("Too long: may not be more than {FIELD_MANAGER_MAX_LENGTH} bytes"),
+        });
+    }
+    for (i, c) in manager.chars().enumerate() {
+        if c.is_control() {
+            causes.push(Cause::invalid(
+                "fieldManager",
+                manager,
+                format!("invalid character U+{:04X} (at position {i})", u32::from(c)),
+            ));
+        }
+    }
+    causes
+}
+
+/// The manager upstream derives from a `User-Agent` (`kubectl/v1.37.0 (linux/amd64) ...`
+/// is `kubectl`): what comes before the first `/`, printable characters only, at most 128.
+fn manager_from_user_agent(user_agent: &str) -> String {
+    user_agent
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(FIELD_MANAGER_MAX_LENGTH)
+        .collect()
 }
 
 /// `fieldValidation`: what to do with unknown or duplicate fields.
@@ -132,6 +184,75 @@ impl Ctx {
             .map_err(|e| ApiError::from_store(e, &self.target(name)))?;
         let kv = kv.ok_or_else(|| ApiError::NotFound(self.target(name)))?;
         Ok((crate::storage::decode(&kv)?, kv.mod_revision))
+    }
+
+    /// Who this request writes as, for `managedFields`: the `fieldManager` parameter, else
+    /// the client's `User-Agent` (as upstream); the server's own work is `kube-apiserver`.
+    pub fn writer(&self) -> Writer {
+        let from_agent = || {
+            let agent = self
+                .headers
+                .get(axum::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(manager_from_user_agent)
+                .unwrap_or_default();
+            match (agent.is_empty(), &self.user) {
+                (false, _) => agent,
+                (true, None) => "kube-apiserver".to_owned(),
+                (true, Some(_)) => "unknown".to_owned(),
+            }
+        };
+        Writer {
+            manager: self
+                .params
+                .field_manager
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(from_agent),
+            api_version: self.rt.api_version(),
+            subresource: self.subresource.map(|s| s.name().to_owned()).unwrap_or_default(),
+        }
+    }
+
+    /// Which fields this request may own: a kind with a status subresource keeps `.status`
+    /// to `/status` (and `/approval`) and everything else to the object.
+    pub fn scope(&self) -> Scope {
+        match self.subresource {
+            Some(Subresource::Status | Subresource::Approval) => Scope::StatusOnly,
+            Some(_) => Scope::Everything,
+            None if self.rt.has(Subresource::Status) => Scope::AllButStatus,
+            None => Scope::Everything,
+        }
+    }
+
+    /// Checks the write options upstream validates for every create, update and patch
+    /// (`fieldManager`, and for patches `force` and apply's required manager): 422 with the
+    /// options' kind (`CreateOptions`, `UpdateOptions`, `PatchOptions`).
+    pub fn check_write_options(&self, kind: &str, apply: Option<bool>) -> Result<()> {
+        let manager = self.params.field_manager.as_deref().unwrap_or("");
+        let mut causes = Vec::new();
+        match apply {
+            Some(false) if self.params.force.is_some() => causes.push(Cause {
+                field: "force".into(),
+                reason: "FieldValueForbidden",
+                message: "Forbidden: may not be specified for non-apply patch".into(),
+            }),
+            Some(true) if manager.is_empty() => causes.push(Cause {
+                field: "fieldManager".into(),
+                reason: "FieldValueRequired",
+                message: "Required value: is required for apply patch".into(),
+            }),
+            _ => {}
+        }
+        causes.extend(field_manager_causes(manager));
+        if causes.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::Invalid {
+            kind: format!("{kind}.meta.k8s.io"),
+            target: Target::new("meta.k8s.io", "", ""),
+            causes,
+        })
     }
 
     pub fn field_validation(&self) -> Result<FieldValidation> {
@@ -424,6 +545,23 @@ mod tests {
         let mut out = Vec::new();
         unknown_fields(&input, &typed, "", &mut out);
         assert_eq!(out, vec!["extra", "spec.list[0].y"]);
+    }
+
+    #[test]
+    fn managers_from_user_agents() {
+        for (agent, want) in [
+            ("kubectl/v1.37.0 (linux/amd64) kubernetes/abcdef", "kubectl"),
+            ("kube-controller-manager/v1.37.0 (linux/amd64) kubernetes/x/system:serviceaccount:kube-system:deployment-controller", "kube-controller-manager"),
+            ("OpenAPI-Generator/33.1.0/python", "OpenAPI-Generator"),
+            ("curl", "curl"),
+            ("", ""),
+        ] {
+            assert_eq!(manager_from_user_agent(agent), want, "{agent}");
+        }
+        assert_eq!(manager_from_user_agent(&"x".repeat(300)).len(), FIELD_MANAGER_MAX_LENGTH);
+        assert!(field_manager_causes("ok").is_empty());
+        assert_eq!(field_manager_causes(&"x".repeat(129))[0].reason, "FieldValueTooLong");
+        assert_eq!(field_manager_causes("a\tb")[0].reason, "FieldValueInvalid");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `PATCH`: JSON patch, JSON merge patch, strategic merge patch and server-side apply, on an
-//! object, its status or its `Scale`.
+//! object, its status or its `Scale`. Apply's merge, ownership and conflicts are
+//! [`crate::fieldmanager`]'s; this file only reads, decodes and commits.
 
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -7,9 +8,10 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::update::{check_precondition, precondition, set_replicas};
-use super::write::{self, Commit};
-use super::{Ctx, scale_of};
+use super::write::{self, Commit, Ownership};
+use super::{Ctx, create, scale_of};
 use crate::codec::{self, BodyType, add_warnings, json_response};
+use crate::fieldmanager::{self, ApplyError};
 use crate::object::{self, meta_mut};
 use crate::registry::Subresource;
 use crate::status::{ApiError, Result};
@@ -40,12 +42,15 @@ fn apply_patch(ty: BodyType, base: &Value, patch: &Value) -> Result<Value> {
             json_patch::merge(&mut out, patch);
             Ok(out)
         }
-        BodyType::StrategicMergePatch | BodyType::ApplyPatch => strategic::apply(base, patch)
+        BodyType::StrategicMergePatch => strategic::apply(base, patch)
             .map_err(|e| {
                 ApiError::BadRequest(format!(
                     "the strategic merge patch could not be applied: {e}"
                 ))
             }),
+        BodyType::ApplyPatch => Err(ApiError::Internal(
+            "server-side apply is not a patch of the object".to_owned(),
+        )),
         BodyType::Json | BodyType::Yaml | BodyType::Protobuf => {
             Err(ApiError::UnsupportedMediaType(
                 "PATCH requires application/json-patch+json, application/merge-patch+json, \
@@ -56,55 +61,6 @@ fn apply_patch(ty: BodyType, base: &Value, patch: &Value) -> Result<Value> {
     }
 }
 
-/// Records (or refreshes) the `managedFields` entry of an apply by `manager`. An apply
-/// that changes nothing (same object as `previous`, same fields owned) keeps the entry as
-/// it was, timestamp included, so that it is a no-op: no write, the same resourceVersion,
-/// no watch event, as upstream.
-fn record_apply(
-    obj: &mut Value,
-    manager: &str,
-    api_version: &str,
-    applied: &Value,
-    previous: Option<&Value>,
-) {
-    let fields = strategic::fields_v1(applied);
-    let is_ours = |e: &Value| e["manager"] == manager && e["operation"] == "Apply";
-    let mut entries: Vec<Value> = obj
-        .pointer("/metadata/managedFields")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let same_object = previous.is_some_and(|p| without_managed_fields(p) == without_managed_fields(obj));
-    let kept_time = entries
-        .iter()
-        .find(|e| is_ours(e) && e["apiVersion"] == api_version && e["fieldsV1"] == fields)
-        .filter(|_| same_object)
-        .map(|e| e["time"].clone());
-    let entry = json!({
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": api_version,
-        "time": kept_time.unwrap_or_else(|| json!(object::now_rfc3339())),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": fields,
-    });
-    match entries.iter().position(is_ours) {
-        Some(i) => entries[i] = entry,
-        None => entries.push(entry),
-    }
-    meta_mut(obj).insert("managedFields".into(), Value::Array(entries));
-}
-
-/// The object without `metadata.managedFields` and `metadata.resourceVersion`.
-fn without_managed_fields(obj: &Value) -> Value {
-    let mut copy = obj.clone();
-    if let Some(meta) = copy.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("managedFields");
-        meta.remove("resourceVersion");
-    }
-    copy
-}
-
 /// `PATCH /.../<resource>/<name>[/status|/scale]`.
 pub(crate) async fn patch(ctx: &Ctx, body: Bytes) -> Result<Response> {
     let name = ctx.url_name()?.to_owned();
@@ -112,30 +68,14 @@ pub(crate) async fn patch(ctx: &Ctx, body: Bytes) -> Result<Response> {
     if matches!(ty, BodyType::Json | BodyType::Yaml | BodyType::Protobuf) {
         apply_patch(ty, &Value::Null, &Value::Null)?;
     }
+    let force = ctx.params.force()?;
+    ctx.check_write_options("PatchOptions", Some(ty == BodyType::ApplyPatch))?;
     let patch = codec::decode(&body, ty)?;
-    let manager = ctx.params.field_manager.clone().unwrap_or_default();
     if ty == BodyType::ApplyPatch {
-        if manager.is_empty() {
-            return Err(ApiError::BadRequest(
-                "PATCH with apply requires the fieldManager parameter".to_owned(),
-            ));
-        }
-        if !patch.is_object() {
-            return Err(ApiError::BadRequest(
-                "an applied configuration must be an object".to_owned(),
-            ));
-        }
+        return server_side_apply(ctx, &name, &patch, force.unwrap_or(false)).await;
     }
     for _ in 0..RETRIES {
-        let (current, rev) = match ctx.current(&name).await {
-            Ok(found) => found,
-            Err(ApiError::NotFound(_))
-                if ty == BodyType::ApplyPatch && ctx.subresource.is_none() =>
-            {
-                return apply_create(ctx, &name, &patch, &manager).await;
-            }
-            Err(e) => return Err(e),
-        };
+        let (current, rev) = ctx.current(&name).await?;
         let base = if ctx.subresource == Some(Subresource::Scale) {
             scale_of(&current)
         } else {
@@ -154,10 +94,7 @@ pub(crate) async fn patch(ctx: &Ctx, body: Bytes) -> Result<Response> {
             }
         }
         let (obj, warnings) = ctx.decode_object(patched)?;
-        let mut merged = write::merge_update(ctx, &current, obj);
-        if ty == BodyType::ApplyPatch {
-            record_apply(&mut merged, &manager, &ctx.rt.api_version(), &patch, Some(&current));
-        }
+        let merged = write::merge_update(ctx, &current, obj);
         match write::commit_update(ctx, &current, rev, merged).await? {
             Commit::Done(code, stored) => {
                 let mut response = json_response(code, &stored);
@@ -171,18 +108,72 @@ pub(crate) async fn patch(ctx: &Ctx, body: Bytes) -> Result<Response> {
             }
         }
     }
-    Err(ApiError::Conflict(
-        ctx.target(&name),
-        "too many concurrent updates".to_owned(),
-    ))
+    Err(too_many_updates(ctx, &name))
 }
 
-/// Server-side apply of an object that does not exist yet: creates it.
-async fn apply_create(ctx: &Ctx, name: &str, applied: &Value, manager: &str) -> Result<Response> {
-    let mut obj = applied.clone();
-    match object::name(&obj) {
+fn too_many_updates(ctx: &Ctx, name: &str) -> ApiError {
+    ApiError::Conflict(ctx.target(name), "too many concurrent updates".to_owned())
+}
+
+/// An apply's failure as the client sees it.
+fn apply_error(e: ApplyError) -> ApiError {
+    match e {
+        ApplyError::Invalid(message) => ApiError::BadRequest(message),
+        ApplyError::Conflicts(conflicts) => ApiError::ApplyConflict {
+            message: fieldmanager::conflict_message(&conflicts),
+            causes: conflicts
+                .into_iter()
+                .map(|c| (c.field, format!("conflict with {}", c.manager)))
+                .collect(),
+        },
+    }
+}
+
+/// Checks an applied configuration and returns it as the configuration of the object: a
+/// `Scale` applied to `/scale` becomes the object's `.spec.replicas`.
+fn configuration(ctx: &Ctx, name: &str, applied: &Value) -> Result<Value> {
+    if !applied.is_object() {
+        return Err(ApiError::BadRequest(
+            "an applied configuration must be an object".to_owned(),
+        ));
+    }
+    if applied
+        .pointer("/metadata/managedFields")
+        .is_some_and(|v| !v.is_null())
+    {
+        return Err(ApiError::BadRequest(
+            "metadata.managedFields must be nil".to_owned(),
+        ));
+    }
+    let scale = ctx.subresource == Some(Subresource::Scale);
+    let expected = if scale {
+        "autoscaling/v1".to_owned()
+    } else {
+        ctx.rt.api_version()
+    };
+    let version = applied.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    if version != expected {
+        return Err(ApiError::BadRequest(format!(
+            "Incorrect version specified in apply patch. Specified patch version: {version}, \
+             expected: {expected}"
+        )));
+    }
+    let mut config = if scale {
+        let mut c = json!({
+            "apiVersion": ctx.rt.api_version(),
+            "kind": ctx.rt.kind,
+            "metadata": {"name": name},
+        });
+        if let Some(replicas) = object::at_path(applied, "spec.replicas") {
+            c["spec"] = json!({"replicas": replicas});
+        }
+        c
+    } else {
+        applied.clone()
+    };
+    match object::name(&config) {
         "" => {
-            meta_mut(&mut obj).insert("name".into(), json!(name));
+            meta_mut(&mut config).insert("name".into(), json!(name));
         }
         n if n == name => {}
         n => {
@@ -191,12 +182,60 @@ async fn apply_create(ctx: &Ctx, name: &str, applied: &Value, manager: &str) -> 
             )));
         }
     }
-    let (mut obj, warnings) = ctx.decode_object(obj)?;
-    record_apply(&mut obj, manager, &ctx.rt.api_version(), applied, None);
-    let (_, stored) = super::create::create_object(ctx, obj).await?;
-    let mut response = json_response(StatusCode::CREATED, &stored);
-    add_warnings(&mut response, &warnings);
-    Ok(response)
+    Ok(config)
+}
+
+/// Server-side apply: merges the configuration into the object (creating it if absent),
+/// owned by the request's field manager, refused on conflicts unless forced.
+async fn server_side_apply(ctx: &Ctx, name: &str, applied: &Value, force: bool) -> Result<Response> {
+    let config = configuration(ctx, name, applied)?;
+    let writer = ctx.writer();
+    let scope = ctx.scope();
+    let wanted = precondition(&config)?;
+    let respond = |code, stored: &Value, warnings: &[String]| {
+        let body = if ctx.subresource == Some(Subresource::Scale) {
+            scale_of(stored)
+        } else {
+            stored.clone()
+        };
+        let mut response = json_response(code, &body);
+        add_warnings(&mut response, warnings);
+        response
+    };
+    for _ in 0..RETRIES {
+        let now = object::now_rfc3339();
+        let (current, rev) = match ctx.current(name).await {
+            Ok(found) => found,
+            Err(ApiError::NotFound(_)) if ctx.subresource.is_none() => {
+                let applied = fieldmanager::apply(None, &config, &writer, scope, force, &now)
+                    .map_err(apply_error)?;
+                let (mut obj, warnings) = ctx.decode_object(applied)?;
+                fieldmanager::forget_absent(&mut obj, &writer);
+                match create::create_object_as(ctx, obj, &Ownership::Computed).await {
+                    Ok((_, stored)) => return Ok(respond(StatusCode::CREATED, &stored, &warnings)),
+                    // Created meanwhile: apply to it.
+                    Err(ApiError::AlreadyExists(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        check_precondition(ctx, name, wanted, rev)?;
+        let applied = fieldmanager::apply(Some(&current), &config, &writer, scope, force, &now)
+            .map_err(apply_error)?;
+        let (mut obj, warnings) = ctx.decode_object(applied)?;
+        fieldmanager::forget_absent(&mut obj, &writer);
+        let merged = write::merge_update(ctx, &current, obj);
+        match write::commit_update_as(ctx, &current, rev, merged, &Ownership::Computed).await? {
+            Commit::Done(code, stored) => return Ok(respond(code, &stored, &warnings)),
+            Commit::Raced => {
+                if wanted.is_some() {
+                    check_precondition(ctx, name, wanted, -1)?;
+                }
+            }
+        }
+    }
+    Err(too_many_updates(ctx, name))
 }
 
 #[cfg(test)]

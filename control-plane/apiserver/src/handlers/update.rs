@@ -5,7 +5,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::write::{self, Commit};
+use super::write::{self, Commit, Ownership};
 use super::{Ctx, scale_of};
 use crate::codec::{add_warnings, json_response};
 use crate::object;
@@ -44,6 +44,7 @@ pub(crate) fn check_precondition(
 /// `PUT /.../<resource>/<name>[/status|/scale]`.
 pub(crate) async fn update(ctx: &Ctx, body: Bytes) -> Result<Response> {
     let name = ctx.url_name()?.to_owned();
+    ctx.check_write_options("UpdateOptions", None)?;
     let value = super::create::decode_body(ctx, &body)?;
     if ctx.subresource == Some(Subresource::Scale) {
         return update_scale(ctx, &name, value).await;
@@ -108,13 +109,15 @@ async fn update_scale(ctx: &Ctx, name: &str, scale: Value) -> Result<Response> {
     ))
 }
 
-/// Writes a new `spec.replicas` (a `Scale` update).
+/// Writes a new `spec.replicas` (a `Scale` update), owned by the request's writer with
+/// subresource `scale`.
 pub(crate) async fn set_replicas(
     ctx: &Ctx,
     current: &Value,
     rev: i64,
     replicas: Value,
 ) -> Result<Commit> {
+    let writer = ctx.writer();
     if replicas.as_i64().is_none_or(|r| r < 0) {
         return Err(ApiError::Invalid {
             kind: "Scale".into(),
@@ -139,5 +142,5 @@ pub(crate) async fn set_replicas(
         user: ctx.user.clone(),
     };
     let merged = write::merge_update(&main, current, new);
-    write::commit_update(&main, current, rev, merged).await
+    write::commit_update_as(&main, current, rev, merged, &Ownership::Update(writer)).await
 }

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::Ctx;
+use crate::fieldmanager::{self, Writer};
 use crate::object::{self, meta_mut};
 use crate::registry::Subresource;
 use crate::status::{ApiError, Cause, Result, Target};
@@ -161,6 +162,27 @@ fn strip_rv(v: &Value) -> Value {
     v
 }
 
+/// How a write records field ownership in `metadata.managedFields`.
+#[derive(Debug, Clone)]
+pub(crate) enum Ownership {
+    /// The writer becomes the owner of what it changed (an `Update` entry): creates,
+    /// updates and every patch but apply.
+    Update(Writer),
+    /// The managed fields are already computed (server-side apply).
+    Computed,
+    /// They stay as they are (a pod binding, as upstream's binding storage).
+    Unchanged,
+}
+
+impl Ownership {
+    /// Records `new`'s ownership over `old` (`None` on create) as this says.
+    pub(crate) fn record(&self, ctx: &Ctx, old: Option<&Value>, new: &mut Value) {
+        if let Ownership::Update(writer) = self {
+            fieldmanager::record_update(old, new, writer, ctx.scope(), &object::now_rfc3339());
+        }
+    }
+}
+
 /// The outcome of one update attempt.
 pub(crate) enum Commit {
     /// Written (or deleted, when the last finalizer went): status code and object.
@@ -170,16 +192,29 @@ pub(crate) enum Commit {
 }
 
 /// Validates and stores `new` over `old` (read at mod revision `old_rev`) with a
-/// compare-and-swap. `new` has already been merged with [`merge_update`].
+/// compare-and-swap, recording the request's writer as the owner of what it changed.
+/// `new` has already been merged with [`merge_update`].
 pub(crate) async fn commit_update(
     ctx: &Ctx,
     old: &Value,
     old_rev: i64,
+    new: Value,
+) -> Result<Commit> {
+    commit_update_as(ctx, old, old_rev, new, &Ownership::Update(ctx.writer())).await
+}
+
+/// [`commit_update`] with the ownership recorded as `ownership` says.
+pub(crate) async fn commit_update_as(
+    ctx: &Ctx,
+    old: &Value,
+    old_rev: i64,
     mut new: Value,
+    ownership: &Ownership,
 ) -> Result<Commit> {
     let rt = ctx.rt;
     let name = object::name(old).to_owned();
     (rt.defaults)(&mut new);
+    ownership.record(ctx, Some(old), &mut new);
     invalid(ctx, &name, validation::validate(rt, &new, Some(old)))?;
     bump_generation(ctx, old, &mut new);
     if strip_rv(&new) == strip_rv(old) {
