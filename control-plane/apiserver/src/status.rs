@@ -34,6 +34,20 @@ impl Cause {
         }
     }
 
+    /// [`Cause::invalid`] for a JSON value, shown as upstream shows values: numbers and
+    /// booleans bare (`Invalid value: -3`), strings quoted.
+    pub fn invalid_value(field: impl Into<String>, value: &Value, detail: impl AsRef<str>) -> Cause {
+        let shown = match value {
+            Value::String(s) => format!("{s:?}"),
+            other => other.to_string(),
+        };
+        Cause {
+            field: field.into(),
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {shown}: {}", detail.as_ref()),
+        }
+    }
+
     /// A value outside a fixed set of choices.
     pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Cause {
         let choices: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
@@ -66,7 +80,9 @@ impl Cause {
     }
 
     fn to_json(&self) -> Value {
-        json!({"field": self.field, "reason": self.reason, "message": format!("{}: {}", self.field, self.message)})
+        // As upstream's `field.Error.ErrorBody()`: clients (kubectl edit, describe) print
+        // the field before it themselves.
+        json!({"field": self.field, "reason": self.reason, "message": self.message})
     }
 }
 

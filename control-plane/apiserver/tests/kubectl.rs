@@ -622,7 +622,73 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(workflow, namespaces, server_side_apply);
+/// `kubectl edit` through an editor script (as a user's `$EDITOR` would change the
+/// object), an edit the server refuses (nothing stored changes, the editor's copy is
+/// kept), and `kubectl describe` reading the object and its events.
+async fn edit_and_describe(backend: Backend) -> Result<()> {
+    let store = StoreHandle::open(backend).await?;
+    let server = TestServer::start(store.store.clone()).await?;
+    server.apply(DEPLOYMENT, &[]).await?;
+    let dir = tempfile::tempdir()?;
+    let editor = |name: &str, sed: &str| -> Result<std::path::PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.path().join(name);
+        // Keeps what kubectl showed it, then edits.
+        let seen = dir.path().join(format!("{name}.seen"));
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\ncat \"$1\" >> '{}'\nexec sed -i '{sed}' \"$1\"\n", seen.display()),
+        )?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(path)
+    };
+    let scale_up = editor("scale-up", "s/replicas: 2/replicas: 4/")?;
+    let out = server
+        .kubectl_with_env(&["edit", "deploy", "web"], None, &[("KUBE_EDITOR", scale_up.as_os_str())])
+        .await?;
+    ensure!(out.status.success(), "edit failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("deployment.apps/web edited"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let got = server
+        .kubectl(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas} {.metadata.generation}"])
+        .await?;
+    ensure!(got == "4 2", "{got}");
+    let before = server
+        .kubectl(&["get", "deploy", "web", "-o", "jsonpath={.metadata.resourceVersion}"])
+        .await?;
+
+    // An invalid edit: refused, nothing stored; kubectl reopens the editor with the
+    // server's causes in the file's header, naming the field.
+    let break_it = editor("break", "s/replicas: 4/replicas: -3/")?;
+    let out = server
+        .kubectl_with_env(&["edit", "deploy", "web"], None, &[("KUBE_EDITOR", break_it.as_os_str())])
+        .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "an invalid edit succeeded");
+    ensure!(stderr.contains(r#"deployments.apps "web" is invalid"#), "{stderr}");
+    let shown = std::fs::read_to_string(dir.path().join("break.seen"))?;
+    ensure!(
+        shown.contains("spec.replicas: Invalid value: -3"),
+        "the reopened file does not name the field:\n{shown}"
+    );
+    let after = server
+        .kubectl(&["get", "deploy", "web", "-o", "jsonpath={.metadata.resourceVersion} {.spec.replicas}"])
+        .await?;
+    ensure!(after == format!("{before} 4"), "the refused edit changed the object: {after}");
+
+    let described = server.kubectl(&["describe", "deploy", "web"]).await?;
+    for needle in ["Name:", "web", "Replicas:", "4 desired", "StrategyType:", "RollingUpdate", "nginx:1.25", "envoy:1"] {
+        ensure!(described.contains(needle), "describe lacks {needle:?}:\n{described}");
+    }
+    let described = server.kubectl(&["describe", "ns", "default"]).await?;
+    ensure!(described.contains("Status:") && described.contains("Active"), "{described}");
+    Ok(())
+}
+
+on_both_backends!(workflow, namespaces, server_side_apply, edit_and_describe);
 
 /// `kubectl get -w` prints the current object, then a later change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

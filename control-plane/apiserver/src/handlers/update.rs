@@ -122,9 +122,9 @@ pub(crate) async fn set_replicas(
         return Err(ApiError::Invalid {
             kind: "Scale".into(),
             target: ctx.target(object::name(current)),
-            causes: vec![crate::status::Cause::invalid(
+            causes: vec![crate::status::Cause::invalid_value(
                 "spec.replicas",
-                &replicas.to_string(),
+                &replicas,
                 "must be greater than or equal to 0",
             )],
         });

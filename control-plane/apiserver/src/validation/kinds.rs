@@ -252,9 +252,9 @@ pub(crate) fn workload(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>
     if let Some(r) = spec.get("replicas")
         && r.as_i64().is_none_or(|r| r < 0)
     {
-        causes.push(Cause::invalid(
+        causes.push(Cause::invalid_value(
             "spec.replicas",
-            &r.to_string(),
+            r,
             "must be greater than or equal to 0",
         ));
     }

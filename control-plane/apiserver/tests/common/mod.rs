@@ -178,7 +178,18 @@ impl TestServer {
 
     /// Runs kubectl with this server's kubeconfig; `stdin` is piped in if given.
     pub async fn kubectl_with_input(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        self.kubectl_with_env(args, stdin, &[]).await
+    }
+
+    /// [`TestServer::kubectl_with_input`] with extra environment variables.
+    pub async fn kubectl_with_env(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Output> {
         let mut cmd = tokio::process::Command::new(kubectl_path());
+        cmd.envs(env.iter().copied());
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)
