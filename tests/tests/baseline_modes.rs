@@ -434,3 +434,48 @@ fn removed_endpoint_gets_no_new_connections_and_keeps_its_flows() {
         }
     }
 }
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend() {
+    for (mode, offset) in MODES {
+        let net = 233 + offset;
+        let mut web = service(&[("http", 80, "TCP")]);
+        let spec = web.spec.as_mut().expect("spec");
+        spec.session_affinity = Some("ClientIP".into());
+        let node = Node::new(
+            mode,
+            net,
+            &[web],
+            &[slice(&ready(net, &[1, 2, 3]), &[("http", "TCP")])],
+        );
+        // Without affinity, 20 connections stay on one of 3 backends with
+        // probability 3 * (1/3)^20 < 1e-8.
+        let reached = node.reached(20);
+        assert_eq!(reached.len(), 1, "{mode:?}: one client reached {reached:?}");
+    }
+}
+
+#[test]
+fn hairpin_a_backend_reaches_itself_through_its_service() {
+    for (mode, offset) in MODES {
+        let net = 236 + offset;
+        let node = Node::new(
+            mode,
+            net,
+            &[service(&[("http", 80, "TCP")])],
+            &[slice(&ready(net, &[1]), &[("http", "TCP")])],
+        );
+        // b1's only route is through the node: its own Service sends it back
+        // to itself, masqueraded so that the reply returns through the node
+        // (it would otherwise see its own address as the source).
+        let name = node.topo.hosts[1]
+            .ns
+            .run_in(|| {
+                let mut stream = TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), TIMEOUT)?;
+                stream.set_read_timeout(Some(TIMEOUT))?;
+                ask(&mut stream, "me?")
+            })
+            .unwrap_or_else(|e| panic!("{mode:?}: hairpin connection: {e:#}"));
+        assert_eq!(name, "b1", "{mode:?}");
+    }
+}
