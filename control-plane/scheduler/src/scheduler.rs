@@ -723,19 +723,8 @@ impl Shared {
                     "Scheduled",
                     format!("Successfully assigned {} to {node}", pod.key),
                 );
-                // A pod once marked unschedulable gets its condition turned around.
-                let was_unschedulable = pod
-                    .pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "PodScheduled" && c.status == "False")
-                    });
-                if was_unschedulable {
-                    self.patch_condition(&pod, "True", None, None).await;
-                }
+                // PodScheduled=True comes with the binding: the API server sets it as it
+                // sets spec.nodeName (as upstream's does), so there is nothing to patch.
             }
             Err(e) => {
                 for r in self.profile.reserve.iter().rev() {
