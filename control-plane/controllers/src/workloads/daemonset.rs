@@ -463,6 +463,30 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, key: &str) -> Result<Action, Error> {
             labels.insert(GENERATION_LABEL.to_owned(), g.to_string());
         }
         let base: String = ds.name_any().chars().take(57).collect();
+        // Deletions first: an old daemon that goes in this sync (its replacement is
+        // available) never overlaps the next node's surge pod.
+        let mut seen = std::collections::HashSet::new();
+        for pod in to_delete {
+            if pod.metadata.deletion_timestamp.is_some() || !seen.insert(pod.metadata.uid.clone()) {
+                continue;
+            }
+            match delete_pod(&pod_api, &ctx.expectations, key, &pod).await {
+                Ok(()) => {
+                    METRICS.write("daemonset", "delete_pod");
+                    ctx.recorder
+                        .record(
+                            &reference,
+                            EventType::Normal,
+                            "SuccessfulDelete",
+                            &format!("Deleted pod: {}", pod.name_any()),
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    manage_err.get_or_insert(e);
+                }
+            }
+        }
         for node in &to_create {
             let pod = pod_from_template(
                 &template_for_node(template, node),
@@ -493,28 +517,6 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, key: &str) -> Result<Action, Error> {
                             &format!("Error creating: {e}"),
                         )
                         .await;
-                    manage_err.get_or_insert(e);
-                }
-            }
-        }
-        let mut seen = std::collections::HashSet::new();
-        for pod in to_delete {
-            if pod.metadata.deletion_timestamp.is_some() || !seen.insert(pod.metadata.uid.clone()) {
-                continue;
-            }
-            match delete_pod(&pod_api, &ctx.expectations, key, &pod).await {
-                Ok(()) => {
-                    METRICS.write("daemonset", "delete_pod");
-                    ctx.recorder
-                        .record(
-                            &reference,
-                            EventType::Normal,
-                            "SuccessfulDelete",
-                            &format!("Deleted pod: {}", pod.name_any()),
-                        )
-                        .await;
-                }
-                Err(e) => {
                     manage_err.get_or_insert(e);
                 }
             }
