@@ -1273,14 +1273,16 @@ async fn daemonset_max_surge_starts_new_daemons_before_stopping_old_ones() -> Re
     })
     .await?;
     watch.abort();
-    let c = census.lock().expect("census");
+    let (min_ready, max_live) = {
+        let c = census.lock().expect("census");
+        (c.min_ready, c.max_live)
+    };
     assert!(
-        c.min_ready.is_some_and(|m| m >= 4),
-        "a node went without a ready daemon: at least {:?} ready",
-        c.min_ready
+        min_ready.is_some_and(|m| m >= 4),
+        "a node went without a ready daemon: at least {min_ready:?} ready"
     );
-    assert!(c.max_live <= 5, "more than maxSurge extra daemons at once: {}", c.max_live);
-    assert!(c.max_live == 5, "the update surged: {}", c.max_live);
+    assert!(max_live <= 5, "more than maxSurge extra daemons at once: {max_live}");
+    assert!(max_live == 5, "the update surged: {max_live}");
     let status = ds_api.get("proxy").await?.status.unwrap_or_default();
     assert_eq!(
         (status.updated_number_scheduled, status.number_available),

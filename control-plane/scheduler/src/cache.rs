@@ -626,6 +626,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn nodes_leave_and_return_without_losing_their_pods_and_slots_are_reused() {
+        let mut cache = Cache::new();
+        let mut cordoned = node("n1", "4", "8Gi", "110");
+        cordoned.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            unschedulable: Some(true),
+            ..Default::default()
+        });
+        cache.apply_node(cordoned);
+        cache.apply_node(node("n2", "4", "8Gi", "110"));
+        assert!(cache.node("n1").unwrap().is_unschedulable());
+        let p = Arc::new(PodInfo::new(bound(pod("a", "1", "1Gi"), "n1")));
+        cache.apply_bound_pod(p);
+        // The Node goes: not sampled any more, but its pod is still counted.
+        cache.remove_node("n1");
+        assert_eq!(cache.node_count(), 1);
+        assert_eq!(cache.node_at(0).name.as_ref(), "n2");
+        let gone = cache.node("n1").expect("kept for its pod");
+        assert!(gone.node.is_none() && !gone.is_unschedulable());
+        assert_eq!(gone.requested.milli_cpu, 1000);
+        // It comes back (uncordoned) with the pod still on it.
+        assert_eq!(cache.apply_node(node("n1", "4", "8Gi", "110")), ClusterEvents::NODE_ADD);
+        let back = cache.node("n1").unwrap();
+        assert_eq!((back.requested.milli_cpu, back.is_unschedulable()), (1000, false));
+        assert_eq!(cache.node_names().len(), 2);
+        // A node without a Node object and without pods is dropped, its slot reused.
+        cache.remove_node("n1");
+        assert!(cache.remove_pod("default/a"));
+        assert!(cache.node("n1").is_none());
+        let slots = cache.slots.len();
+        cache.apply_node(node("n3", "4", "8Gi", "110"));
+        assert_eq!(cache.slots.len(), slots, "the freed slot is reused");
+        let mut names: Vec<String> = cache.nodes().map(|n| n.name.to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["n2", "n3"]);
+    }
+
+    #[test]
     fn node_updates_only_matter_when_scheduling_inputs_change() {
         let mut cache = Cache::new();
         cache.apply_node(node("n1", "4", "8Gi", "110"));

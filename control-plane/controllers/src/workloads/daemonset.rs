@@ -262,6 +262,10 @@ fn template_for_node(template: &PodTemplateSpec, node: &str) -> PodTemplateSpec 
     t
 }
 
+/// A node during a surging rolling update: its name, its old daemon pod (if still
+/// kept) and its new one (if started).
+type SurgeNode = (String, Option<Arc<Pod>>, Option<Arc<Pod>>);
+
 async fn sync(ds: &DaemonSet, ctx: &Ctx, key: &str) -> Result<Action, Error> {
     wait_synced(&ctx.pods, "pod").await?;
     wait_synced(&ctx.nodes, "node").await?;
@@ -333,7 +337,7 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, key: &str) -> Result<Action, Error> {
     // (node, its one live daemon pod) for rolling updates.
     let mut live: Vec<Arc<Pod>> = Vec::new();
     // With maxSurge: (node, its old pod, its new pod) of every node running the daemon.
-    let mut surging: Vec<(String, Option<Arc<Pod>>, Option<Arc<Pod>>)> = Vec::new();
+    let mut surging: Vec<SurgeNode> = Vec::new();
     let mut unavailable_nodes = 0;
     for node in &nodes {
         let name = node.name_any();
