@@ -17,6 +17,28 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Mutex;
 use tracing::debug;
 
+/// Recent Events by what they say, and when expired entries were last swept.
+#[derive(Debug, Default)]
+struct SeenCache {
+    events: HashMap<Key, Seen>,
+    swept: Option<Timestamp>,
+}
+
+impl SeenCache {
+    /// Forgets entries older than [`AGGREGATE_FOR`], at most once a second (a sweep walks
+    /// every entry; recording thousands of Events a second must not walk them each time).
+    fn sweep(&mut self, now: Timestamp) {
+        let due = self
+            .swept
+            .is_none_or(|t| now.duration_since(t).unsigned_abs() >= Duration::from_secs(1));
+        if due {
+            self.events
+                .retain(|_, s| now.duration_since(s.at).unsigned_abs() < AGGREGATE_FOR);
+            self.swept = Some(now);
+        }
+    }
+}
+
 /// How long a recorded Event is remembered for aggregation.
 const AGGREGATE_FOR: Duration = Duration::from_secs(600);
 /// Bound on remembered Events, so a storm of distinct messages cannot grow memory forever.
@@ -62,7 +84,7 @@ pub struct Recorder {
     client: Client,
     component: String,
     host: Option<String>,
-    seen: Arc<Mutex<HashMap<Key, Seen>>>,
+    seen: Arc<Mutex<SeenCache>>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -149,8 +171,11 @@ impl Recorder {
         // count: an undercount of a repeat, never a lost Event.
         let prev = {
             let mut seen = self.seen.lock().await;
-            seen.retain(|_, s| now.duration_since(s.at).unsigned_abs() < AGGREGATE_FOR);
-            seen.get(&key).cloned()
+            seen.sweep(now);
+            seen.events
+                .get(&key)
+                .filter(|s| now.duration_since(s.at).unsigned_abs() < AGGREGATE_FOR)
+                .cloned()
         };
         if let Some(prev) = prev {
             let count = prev.count + 1;
@@ -163,7 +188,7 @@ impl Recorder {
                 .await
             {
                 Ok(_) => {
-                    self.seen.lock().await.insert(
+                    self.seen.lock().await.events.insert(
                         key,
                         Seen {
                             event_name: prev.event_name,
@@ -175,7 +200,7 @@ impl Recorder {
                 }
                 // The Event was deleted (TTL, namespace cleanup): write a new one.
                 Err(kube::Error::Api(s)) if s.code == 404 => {
-                    self.seen.lock().await.remove(&key);
+                    self.seen.lock().await.events.remove(&key);
                 }
                 Err(e) => return Err(e),
             }
@@ -206,10 +231,10 @@ impl Recorder {
         };
         let created = api.create(&PostParams::default(), &event).await?;
         let mut seen = self.seen.lock().await;
-        if seen.len() >= MAX_REMEMBERED {
-            seen.clear();
+        if seen.events.len() >= MAX_REMEMBERED {
+            seen.events.clear();
         }
-        seen.insert(
+        seen.events.insert(
             key,
             Seen {
                 event_name: created.name_any(),

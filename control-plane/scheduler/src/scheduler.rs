@@ -297,12 +297,25 @@ async fn watch_pods(shared: Arc<Shared>, synced: Arc<Notify>) -> Result<()> {
     }
 }
 
-/// Writes Events one at a time (the recorder aggregates repeats).
+/// Event writes in flight at most: one at a time cannot keep up with a scheduler placing
+/// a thousand pods a second (each write is an API round trip), and the buffer would drop
+/// most Scheduled Events.
+const EVENT_WRITERS: usize = 64;
+
+/// Writes Events, [`EVENT_WRITERS`] at a time (the recorder aggregates repeats).
 async fn write_events(recorder: Recorder, mut rx: mpsc::Receiver<EventToRecord>) {
+    let mut writing = JoinSet::new();
     while let Some(e) = rx.recv().await {
-        recorder
-            .record(&e.object, e.event_type, e.reason, &e.message)
-            .await;
+        while writing.len() >= EVENT_WRITERS {
+            writing.join_next().await;
+        }
+        while writing.try_join_next().is_some() {}
+        let recorder = recorder.clone();
+        writing.spawn(async move {
+            recorder
+                .record(&e.object, e.event_type, e.reason, &e.message)
+                .await;
+        });
     }
     std::future::pending::<()>().await;
 }

@@ -179,6 +179,8 @@ struct Outcome {
     p99: Duration,
     algorithm_mean: Duration,
     attempts: f64,
+    /// Scheduled/FailedScheduling Events the scheduler dropped (its buffer was full).
+    events_dropped: f64,
     /// CPU seconds over the pod phase: this process, its store writer, and the machine.
     cpu: CpuSample,
     load: String,
@@ -350,6 +352,7 @@ async fn run_one(nodes: usize, pods: usize) -> Result<Outcome> {
     let sum = metric(&text, "scheduler_scheduling_algorithm_duration_seconds_sum");
     let count = metric(&text, "scheduler_scheduling_algorithm_duration_seconds_count");
     let attempts = metric(&text, "scheduler_schedule_attempts_total");
+    let events_dropped = metric(&text, "scheduler_events_dropped");
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
     lat.sort();
     Ok(Outcome {
@@ -361,6 +364,7 @@ async fn run_one(nodes: usize, pods: usize) -> Result<Outcome> {
         p99: percentile(&lat, 0.99),
         algorithm_mean: Duration::from_secs_f64(if count > 0.0 { sum / count } else { 0.0 }),
         attempts,
+        events_dropped,
         cpu,
         load,
     })
@@ -376,12 +380,12 @@ async fn main() -> Result<()> {
     }
     println!();
     println!(
-        "{:>6} {:>7} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>15}",
-        "nodes", "pods", "pods/s", "create/s", "p50", "p99", "algo/pod", "cpu/pod", "writer", "sched", "load (1 5 15)"
+        "{:>6} {:>7} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7} {:>15}",
+        "nodes", "pods", "pods/s", "create/s", "p50", "p99", "algo/pod", "cpu/pod", "writer", "sched", "ev.drop", "load (1 5 15)"
     );
     for r in &results {
         println!(
-            "{:>6} {:>7} {:>8.0} {:>9.0} {:>6.0}ms {:>6.0}ms {:>7.0}µs {:>7.0}µs {:>7.0}µs {:>6.0}% {:>15}",
+            "{:>6} {:>7} {:>8.0} {:>9.0} {:>6.0}ms {:>6.0}ms {:>7.0}µs {:>7.0}µs {:>7.0}µs {:>6.0}% {:>7.0} {:>15}",
             r.nodes,
             r.pods,
             r.rate(),
@@ -392,6 +396,7 @@ async fn main() -> Result<()> {
             r.cpu.process / r.pods as f64 * 1e6,
             r.cpu.store_writer / r.pods as f64 * 1e6,
             r.scheduler_busy() * 100.0,
+            r.events_dropped,
             r.load,
         );
     }
@@ -405,7 +410,8 @@ async fn main() -> Result<()> {
          ({CONCURRENCY} in flight); p50/p99: create sent to binding seen through a watch; \
          algo/pod: the scheduler's filter+score time per pod (its metrics); cpu/pod: CPU time \
          of this whole process (API server, store, scheduler, clients) per pod, writer: the \
-         store writer thread's part; sched: how busy the serial scheduling loop was; load: \
+         store writer thread's part; sched: how busy the serial scheduling loop was; ev.drop: \
+         Events the scheduler dropped (its buffer was full); load: \
          the machine's load average as the run started."
     );
     Ok(())
