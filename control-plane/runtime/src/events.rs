@@ -245,3 +245,44 @@ impl Recorder {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Key {
+        Key {
+            uid: name.to_owned(),
+            namespace: "default".to_owned(),
+            name: name.to_owned(),
+            event_type: EventType::Normal,
+            reason: "Scheduled".to_owned(),
+            message: String::new(),
+        }
+    }
+
+    fn seen(at: Timestamp) -> Seen {
+        Seen {
+            event_name: "e".to_owned(),
+            count: 1,
+            at,
+        }
+    }
+
+    #[test]
+    fn expired_events_are_swept_at_most_once_a_second() {
+        let t0: Timestamp = "2026-11-01T00:00:00Z".parse().unwrap();
+        let at = |millis: i64| t0.checked_add(jiff::SignedDuration::from_millis(millis)).unwrap();
+        let mut cache = SeenCache::default();
+        cache.events.insert(key("old"), seen(t0));
+        cache.events.insert(key("new"), seen(at(500_000)));
+        cache.sweep(at(599_500));
+        assert_eq!(cache.events.len(), 2, "nothing expired yet");
+        // "old" expired at 600 s, but the last sweep was under a second ago.
+        cache.sweep(at(600_200));
+        assert!(cache.events.contains_key(&key("old")));
+        cache.sweep(at(600_600));
+        assert!(!cache.events.contains_key(&key("old")));
+        assert!(cache.events.contains_key(&key("new")));
+    }
+}
