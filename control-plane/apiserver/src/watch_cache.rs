@@ -252,12 +252,49 @@ impl WatchCache {
         debug!(prefix = %self.prefix, revision, "watch cache ready");
         while let Some(event) = stream.next().await {
             let event = event.map_err(|e| ApiError::from_store(e, &target))?;
-            let Some(event) = WatchEvent::from_store(event) else {
+            let Some(event) = self.convert(event) else {
                 continue;
             };
             self.apply(Arc::new(event), config.ring);
         }
         Err(ApiError::Unavailable("the store watch ended".to_owned()))
+    }
+
+    /// [`WatchEvent::from_store`], except that a modification's previous state is the
+    /// object the cache already holds at that revision (decoded once, when it was new)
+    /// rather than a second decode of the same bytes.
+    fn convert(&self, event: Event) -> Option<WatchEvent> {
+        match event {
+            Event::Put { kv, prev: Some(p) } => {
+                let cached = self
+                    .lock()
+                    .objects
+                    .get(&kv.key)
+                    .filter(|o| o.revision == p.mod_revision)
+                    .cloned();
+                let Some(prev) = cached else {
+                    return WatchEvent::from_store(Event::Put { kv, prev: Some(p) });
+                };
+                match storage::decode_at(&kv.key, &kv.value, kv.mod_revision) {
+                    Ok(v) => Some(WatchEvent::Modified {
+                        obj: CachedObject::new(kv.key, v, kv.mod_revision),
+                        prev,
+                    }),
+                    Err(e) => {
+                        warn!(error = %e, "skipping undecodable object in a watch");
+                        None
+                    }
+                }
+            }
+            other => WatchEvent::from_store(other),
+        }
+    }
+
+    /// The current object stored at `key` as the cache last saw it, with its revision: a
+    /// hint for read-modify-write handlers, whose compare-and-swap on that revision
+    /// fails (and who then read the store) if the cache is behind.
+    pub fn object(&self, key: &str) -> Option<Arc<CachedObject>> {
+        self.lock().objects.get(key).cloned()
     }
 
     fn apply(&self, event: Arc<WatchEvent>, ring: usize) {
@@ -378,6 +415,13 @@ impl WatchCaches {
         }
     }
 
+    /// The cache of the resource stored under `prefix` if it is already running and has
+    /// listed once; never starts one.
+    pub fn running(&self, prefix: &str) -> Option<Arc<WatchCache>> {
+        let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        caches.get(prefix).filter(|c| *c.ready.borrow()).cloned()
+    }
+
     /// The ready cache of the resource stored under `prefix`.
     pub async fn get(&self, prefix: &str) -> Result<Arc<WatchCache>> {
         let cache = {
@@ -462,6 +506,12 @@ mod tests {
         assert!(
             matches!(&*ev, WatchEvent::Modified { obj, prev } if obj.revision == r3 && prev.revision == r1)
         );
+        // The previous state is the object the cache held, not a second decode of it.
+        assert!(matches!(&*ev, WatchEvent::Modified { prev, .. } if Arc::ptr_eq(prev, &objects[0])));
+        let key = "/registry/core/configmaps/a/one";
+        let held = cache.object(key).expect("the cache holds the object");
+        assert_eq!((held.revision, held.value["metadata"]["name"].as_str()), (r3, Some("one-b")));
+        assert!(cache.object("/registry/core/configmaps/a/none").is_none());
 
         // The ring (capacity 2) replays what came after a recent revision...
         let replay = cache.subscribe_after(r2 - 1).expect("within the ring");

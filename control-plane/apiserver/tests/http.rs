@@ -812,14 +812,55 @@ async fn status_subresource_and_generation() -> Result<()> {
             .status
             == 201
     );
+    let bound = http.get("/api/v1/namespaces/default/pods/p").await?.json();
+    ensure!(bound["spec"]["nodeName"] == "n1", "{bound}");
+    // As upstream's binding storage: PodScheduled=True with a transition time.
+    let scheduled: Vec<&serde_json::Value> = bound["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["type"] == "PodScheduled")
+        .collect();
     ensure!(
-        http.get("/api/v1/namespaces/default/pods/p").await?.json()["spec"]["nodeName"] == "n1"
+        scheduled.len() == 1
+            && scheduled[0]["status"] == "True"
+            && scheduled[0]["lastTransitionTime"].is_string()
+            && scheduled[0].get("reason").is_none(),
+        "{bound}"
     );
+    let r = http
+        .post_json("/api/v1/namespaces/default/pods/p/binding", &binding)
+        .await?;
+    ensure!(r.status == 409, "{}", r.json());
+    // A Binding naming another uid (the pod was recreated under the same name) is refused
+    // and changes nothing; the right uid binds, and the Binding's annotations are copied.
+    ensure!(http.post_json("/api/v1/namespaces/default/pods", &json!({
+        "metadata": {"name": "q"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}))
+        .await?.status == 201);
+    let q = http.get("/api/v1/namespaces/default/pods/q").await?.json();
+    let wrong = json!({"apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": "q", "uid": "not-the-uid"}, "target": {"kind": "Node", "name": "n1"}});
+    let r = http
+        .post_json("/api/v1/namespaces/default/pods/q/binding", &wrong)
+        .await?;
     ensure!(
-        http.post_json("/api/v1/namespaces/default/pods/p/binding", &binding)
-            .await?
-            .status
-            == 409
+        r.status == 409 && r.json()["message"].as_str().is_some_and(|m| m.contains("Precondition failed: UID")),
+        "{}",
+        r.json()
+    );
+    let q2 = http.get("/api/v1/namespaces/default/pods/q").await?.json();
+    ensure!(q2["spec"].get("nodeName").is_none() && q2["metadata"]["resourceVersion"] == q["metadata"]["resourceVersion"], "{q2}");
+    let right = json!({"apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": "q", "uid": q["metadata"]["uid"], "annotations": {"example.com/placed-by": "test"}},
+        "target": {"kind": "Node", "name": "n2"}});
+    let r = http
+        .post_json("/api/v1/namespaces/default/pods/q/binding", &right)
+        .await?;
+    ensure!(r.status == 201, "{}", r.json());
+    let q3 = http.get("/api/v1/namespaces/default/pods/q").await?.json();
+    ensure!(
+        q3["spec"]["nodeName"] == "n2" && q3["metadata"]["annotations"]["example.com/placed-by"] == "test",
+        "{q3}"
     );
     Ok(())
 }

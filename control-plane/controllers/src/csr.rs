@@ -12,7 +12,6 @@
 use std::sync::Arc;
 
 use base64::Engine;
-use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -21,8 +20,7 @@ use kube::ResourceExt;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::Context;
-use crate::backoff::Backoff;
+use crate::{Context, reconciler};
 
 /// The controller's name in `--controllers`.
 pub const NAME: &str = "csr";
@@ -58,7 +56,6 @@ pub enum Error {
 struct State {
     ctx: Context,
     signer: Option<Arc<dyn CsrSigner>>,
-    backoff: Backoff,
 }
 
 fn condition(csr: &CertificateSigningRequest, kind: &str) -> bool {
@@ -173,20 +170,6 @@ async fn sync(csr: &CertificateSigningRequest, state: &State) -> Result<(), Erro
     Ok(())
 }
 
-async fn reconcile(csr: Arc<CertificateSigningRequest>, state: Arc<State>) -> Result<Action, Error> {
-    let result = state.ctx.metrics().reconcile(NAME, sync(&csr, &state)).await;
-    if result.is_ok() {
-        state.backoff.reset(&csr.name_any());
-    }
-    result.map(|()| Action::await_change())
-}
-
-fn error_policy(csr: Arc<CertificateSigningRequest>, error: &Error, state: Arc<State>) -> Action {
-    let delay = state.backoff.next_delay(&csr.name_any());
-    warn!(%error, retry_in = ?delay, "csr sync failed");
-    Action::requeue(delay)
-}
-
 /// Runs the CSR approver and signer until their watch ends.
 pub async fn run(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
@@ -194,16 +177,15 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     if signer.is_none() {
         info!("no cluster CA in this process: certificate signing requests are left to others");
     }
-    let state = Arc::new(State {
-        ctx,
-        signer,
-        backoff: Backoff::default(),
-    });
+    let metrics = ctx.metrics().clone();
+    let state = Arc::new(State { ctx, signer });
     info!("starting the csr controller");
-    Controller::new(Api::<CertificateSigningRequest>::all(client), watcher::Config::default())
-        .run(reconcile, error_policy, state)
-        .for_each(|_| std::future::ready(()))
-        .await;
+    let controller =
+        Controller::new(Api::<CertificateSigningRequest>::all(client), watcher::Config::default());
+    reconciler::run(controller, NAME, metrics, state, |csr: Arc<CertificateSigningRequest>, state: Arc<State>| async move {
+        sync(&csr, &state).await.map(|()| Action::await_change())
+    })
+    .await;
     Err(Error::Stopped)
 }
 

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coxswain_runtime::events::{EventType, Recorder, object_ref};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Pod, Service,
 };
@@ -21,10 +20,9 @@ use kube::api::{Api, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use kube::ResourceExt;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::Context;
-use crate::backoff::Backoff;
+use crate::{Context, reconciler};
 use crate::endpointslice::{
     Error, PodServiceIndex, api_err, find_port, hostname_for, owner_ref, pod_ip, pod_ready,
     pod_terminal, selected_pods, service_labels, target_ref,
@@ -148,23 +146,6 @@ fn desired_subsets(service: &Service, pods: &[Pod]) -> Vec<EndpointSubset> {
 struct State {
     ctx: Context,
     recorder: Recorder,
-    backoff: Backoff,
-}
-
-fn key_of(service: &Service) -> String {
-    format!("{}/{}", service.namespace().unwrap_or_default(), service.name_any())
-}
-
-async fn reconcile(service: Arc<Service>, state: Arc<State>) -> Result<Action, Error> {
-    let result = state
-        .ctx
-        .metrics()
-        .reconcile(NAME, sync_service(&service, &state))
-        .await;
-    if result.is_ok() {
-        state.backoff.reset(&key_of(&service));
-    }
-    result.map(|()| Action::await_change())
 }
 
 fn normalized(subsets: Option<Vec<EndpointSubset>>) -> Vec<EndpointSubset> {
@@ -249,32 +230,27 @@ async fn sync_service(service: &Service, state: &State) -> Result<(), Error> {
     result
 }
 
-fn error_policy(service: Arc<Service>, error: &Error, state: Arc<State>) -> Action {
-    let delay = state.backoff.next_delay(&key_of(&service));
-    warn!(service = %key_of(&service), %error, retry_in = ?delay, "endpoints sync failed");
-    Action::requeue(delay)
-}
-
 /// Runs the Endpoints controller until its watches end.
 pub async fn run(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
     let controller = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
     let index = PodServiceIndex::new(controller.store());
+    let metrics = ctx.metrics().clone();
     let state = Arc::new(State {
         recorder: Recorder::new(client.clone(), COMPONENT, None),
         ctx,
-        backoff: Backoff::default(),
     });
     info!("starting the endpoints controller");
-    controller
+    let controller = controller
         .owns(Api::<Endpoints>::all(client.clone()), watcher::Config::default())
         .watches(Api::<Pod>::all(client), watcher::Config::default(), move |pod| {
             index.services_for(&pod)
         })
-        .with_config(controller::Config::default().debounce(Duration::from_millis(20)))
-        .run(reconcile, error_policy, state)
-        .for_each(|_| std::future::ready(()))
-        .await;
+        .with_config(controller::Config::default().debounce(Duration::from_millis(20)));
+    reconciler::run(controller, NAME, metrics, state, |service: Arc<Service>, state: Arc<State>| async move {
+        sync_service(&service, &state).await.map(|()| Action::await_change())
+    })
+    .await;
     Err(Error::Stopped(NAME))
 }
 

@@ -28,10 +28,9 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::ResourceExt;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::Context;
-use crate::backoff::Backoff;
+use crate::{Context, reconciler};
 use crate::labels::selector_matches;
 
 /// The controller's name in `--controllers`.
@@ -584,23 +583,6 @@ struct State {
     ctx: Context,
     recorder: Recorder,
     nodes: Store<Node>,
-    backoff: Backoff,
-}
-
-fn key_of(service: &Service) -> String {
-    format!("{}/{}", service.namespace().unwrap_or_default(), service.name_any())
-}
-
-async fn reconcile(service: Arc<Service>, state: Arc<State>) -> Result<Action, Error> {
-    let result = state
-        .ctx
-        .metrics()
-        .reconcile(NAME, sync_service(&service, &state))
-        .await;
-    if result.is_ok() {
-        state.backoff.reset(&key_of(&service));
-    }
-    result.map(|()| Action::await_change())
 }
 
 async fn sync_service(service: &Service, state: &State) -> Result<(), Error> {
@@ -628,7 +610,7 @@ async fn sync_service(service: &Service, state: &State) -> Result<(), Error> {
         return Ok(());
     }
     debug!(
-        service = %key_of(service),
+        service = %reconciler::object_key(service),
         create = plan.create.len(),
         update = plan.update.len(),
         delete = plan.delete.len(),
@@ -673,12 +655,6 @@ async fn apply_plan(api: &Api<EndpointSlice>, service: &str, plan: Plan) -> Resu
     Ok(())
 }
 
-fn error_policy(service: Arc<Service>, error: &Error, state: Arc<State>) -> Action {
-    let delay = state.backoff.next_delay(&key_of(&service));
-    warn!(service = %key_of(&service), %error, retry_in = ?delay, "endpoint slice sync failed");
-    Action::requeue(delay)
-}
-
 /// A reflector on Nodes (for zones), run by the returned future.
 pub(crate) fn node_store(client: kube::Client) -> (Store<Node>, impl std::future::Future<Output = ()>) {
     let (reader, writer) = reflector::store();
@@ -695,11 +671,11 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     let (nodes, node_reflector) = node_store(client.clone());
     let controller = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
     let index = PodServiceIndex::new(controller.store());
+    let metrics = ctx.metrics().clone();
     let state = Arc::new(State {
         recorder: Recorder::new(client.clone(), COMPONENT, None),
         ctx,
         nodes,
-        backoff: Backoff::default(),
     });
     info!("starting the endpointslice controller");
     let controller = controller
@@ -710,9 +686,10 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         .watches(Api::<Pod>::all(client), watcher::Config::default(), move |pod| {
             index.services_for(&pod)
         })
-        .with_config(controller::Config::default().debounce(Duration::from_millis(20)))
-        .run(reconcile, error_policy, state)
-        .for_each(|_| std::future::ready(()));
+        .with_config(controller::Config::default().debounce(Duration::from_millis(20)));
+    let controller = reconciler::run(controller, NAME, metrics, state, |service: Arc<Service>, state: Arc<State>| async move {
+        sync_service(&service, &state).await.map(|()| Action::await_change())
+    });
     tokio::select! {
         () = controller => {}
         () = node_reflector => {}

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod csr;
+mod reconciler;
 pub mod serviceaccount;
 pub mod workloads;
 

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
@@ -11,10 +10,9 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::ResourceExt;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::Context;
-use crate::backoff::Backoff;
+use crate::{Context, reconciler};
 
 /// The controller's name in `--controllers`.
 pub const NAME: &str = "serviceaccount";
@@ -38,7 +36,6 @@ pub enum Error {
 
 struct State {
     ctx: Context,
-    backoff: Backoff,
 }
 
 async fn ensure_default(namespace: &Namespace, state: &State) -> Result<(), Error> {
@@ -78,40 +75,21 @@ async fn ensure_default(namespace: &Namespace, state: &State) -> Result<(), Erro
     }
 }
 
-async fn reconcile(namespace: Arc<Namespace>, state: Arc<State>) -> Result<Action, Error> {
-    let result = state
-        .ctx
-        .metrics()
-        .reconcile(NAME, ensure_default(&namespace, &state))
-        .await;
-    if result.is_ok() {
-        state.backoff.reset(&namespace.name_any());
-    }
-    result.map(|()| Action::await_change())
-}
-
-fn error_policy(namespace: Arc<Namespace>, error: &Error, state: Arc<State>) -> Action {
-    let delay = state.backoff.next_delay(&namespace.name_any());
-    warn!(%error, retry_in = ?delay, "serviceaccount sync failed");
-    Action::requeue(delay)
-}
-
 /// Runs the ServiceAccount controller until its watches end.
 pub async fn run(ctx: Context) -> Result<(), Error> {
     let client = ctx.client.clone();
-    let state = Arc::new(State {
-        ctx,
-        backoff: Backoff::default(),
-    });
+    let metrics = ctx.metrics().clone();
+    let state = Arc::new(State { ctx });
     info!("starting the serviceaccount controller");
-    Controller::new(Api::<Namespace>::all(client.clone()), watcher::Config::default())
+    let controller = Controller::new(Api::<Namespace>::all(client.clone()), watcher::Config::default())
         .watches(
             Api::<ServiceAccount>::all(client),
             watcher::Config::default().fields(&format!("metadata.name={DEFAULT_SERVICE_ACCOUNT}")),
             |sa| sa.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns)),
-        )
-        .run(reconcile, error_policy, state)
-        .for_each(|_| std::future::ready(()))
-        .await;
+        );
+    reconciler::run(controller, NAME, metrics, state, |namespace: Arc<Namespace>, state: Arc<State>| async move {
+        ensure_default(&namespace, &state).await.map(|()| Action::await_change())
+    })
+    .await;
     Err(Error::Stopped)
 }

@@ -21,6 +21,38 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Polls `check` until it holds (within [`WAIT`]); fails naming `what` otherwise.
+async fn until<F, Fut>(what: &str, check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    coxswain_sim::wait_for(WAIT, check)
+        .await
+        .with_context(|| what.to_owned())
+}
+
+/// Polls `name` through `api` until `wanted` holds for it (within [`WAIT`]) and returns
+/// the object as it was then; fails naming `what` otherwise.
+async fn get_when<K>(api: &Api<K>, name: &str, what: &str, wanted: impl Fn(&K) -> bool) -> Result<K>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let seen = std::sync::Mutex::new(None);
+    until(what, || async {
+        let obj = api.get(name).await?;
+        let ok = wanted(&obj);
+        if ok {
+            *seen.lock().expect("seen") = Some(obj);
+        }
+        Ok(ok)
+    })
+    .await?;
+    seen.into_inner()
+        .expect("seen")
+        .with_context(|| format!("{name} was seen as {what}"))
+}
+
 fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -195,7 +227,7 @@ async fn endpoint_slices_and_endpoints_follow_pods() -> Result<()> {
 
     // Legacy Endpoints: ready a and b (in two subsets), not-ready c.
     let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
-    coxswain_sim::wait_for(WAIT, || async {
+    until("the Endpoints object lists a and b ready, c not ready", || async {
         let Some(ep) = endpoints.get_opt("web").await? else { return Ok(false) };
         let mut ready = Vec::new();
         let mut not_ready = Vec::new();
@@ -211,9 +243,7 @@ async fn endpoint_slices_and_endpoints_follow_pods() -> Result<()> {
         ready.sort();
         Ok(ready == [(Some("a".into()), Some(8080)), (Some("b".into()), Some(9090))]
             && not_ready == [(Some("c".into()), Some(8080))])
-    })
-    .await
-    .context("the Endpoints object lists a and b ready, c not ready")?;
+    }).await?;
     assert!(endpoints.get_opt("manual").await?.is_none());
 
     // Nothing changes: a reconcile writes nothing.
@@ -254,7 +284,7 @@ async fn endpoint_slices_and_endpoints_follow_pods() -> Result<()> {
     ]);
     wait_endpoints(&client, &want).await?;
     // The legacy object drops the terminating pod.
-    coxswain_sim::wait_for(WAIT, || async {
+    until("terminating pods leave the Endpoints", || async {
         let ep = endpoints.get("web").await?;
         let names: Vec<Option<String>> = ep
             .subsets
@@ -264,9 +294,7 @@ async fn endpoint_slices_and_endpoints_follow_pods() -> Result<()> {
             .map(|a| a.target_ref.as_ref().and_then(|r| r.name.clone()))
             .collect();
         Ok(!names.contains(&Some("a".into())) && names.len() == 2)
-    })
-    .await
-    .context("terminating pods leave the Endpoints")?;
+    }).await?;
 
     // a goes away for good; b's slice (9090) stays, c is alone at 8080.
     pods.patch("a", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"finalizers": null}})))
@@ -315,14 +343,12 @@ async fn slices_hold_at_most_100_endpoints() -> Result<()> {
             .await?;
     }
     let (_ctx, _manager) = start(client.clone(), quick_config(), &["endpointslice"]);
-    coxswain_sim::wait_for(WAIT, || async {
+    until("every pod becomes a ready endpoint", || async {
         let slices = slices_of(&client, "default", "web").await?;
         let seen = endpoints_by_pod(&slices);
         let ready = seen.values().filter(|e| e.1).count();
         Ok(ready == 230)
-    })
-    .await
-    .context("every pod becomes a ready endpoint")?;
+    }).await?;
     let slices = slices_of(&client, "default", "web").await?;
     let sizes: Vec<usize> = slices.iter().map(|s| s.endpoints.as_ref().map_or(0, Vec::len)).collect();
     assert_eq!(slices.len(), 3, "{sizes:?}");
@@ -397,31 +423,26 @@ async fn dead_node_is_tainted_and_its_pods_evicted() -> Result<()> {
     )
     .await?;
     pods.create(&PostParams::default(), &pod_with_tolerations("elsewhere", "alive", json!([]))).await?;
-    coxswain_sim::wait_for(WAIT, || async {
+    until("the pods run", || async {
         let list = pods.list(&ListParams::default()).await?;
         Ok(list.items.iter().all(|p| {
             p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
         }))
-    })
-    .await
-    .context("the pods run")?;
+    }).await?;
 
     let (_ctx, _manager) = start(client.clone(), quick_config(), &["nodelifecycle"]);
     dead.stop().await;
 
     let nodes: Api<Node> = Api::all(client.clone());
-    coxswain_sim::wait_for(WAIT, || async {
-        let node = nodes.get("dead").await?;
-        Ok(ready_condition(&node) == Some(("Unknown".into(), "NodeStatusUnknown".into()))
-            && taints(&node)
+    let node = get_when(&nodes, "dead", "the dead node becomes Unknown and tainted unreachable", |node| {
+        ready_condition(node) == Some(("Unknown".into(), "NodeStatusUnknown".into()))
+            && taints(node)
                 == [
                     (unreachable.to_owned(), "NoExecute".to_owned()),
                     (unreachable.to_owned(), "NoSchedule".to_owned()),
-                ])
+                ]
     })
-    .await
-    .context("the dead node becomes Unknown and tainted unreachable")?;
-    let node = nodes.get("dead").await?;
+    .await?;
     for c in node.status.and_then(|s| s.conditions).unwrap_or_default() {
         assert_eq!(c.status, "Unknown", "condition {} is Unknown", c.type_);
     }
@@ -435,12 +456,8 @@ async fn dead_node_is_tainted_and_its_pods_evicted() -> Result<()> {
             })
         }
     };
-    coxswain_sim::wait_for(WAIT, || evicted("defaulted"))
-        .await
-        .context("a pod without tolerations is evicted after the default seconds")?;
-    coxswain_sim::wait_for(WAIT, || evicted("seconds"))
-        .await
-        .context("a pod is evicted after its tolerationSeconds")?;
+    until("a pod without tolerations is evicted after the default seconds", || evicted("defaulted")).await?;
+    until("a pod is evicted after its tolerationSeconds", || evicted("seconds")).await?;
     // Evicted after "seconds" (2 s), so the pass that evicted it also looked at "forever".
     assert!(!evicted("forever").await?, "a toleration without seconds is never evicted");
     let forever = pods.get("forever").await?;
@@ -477,9 +494,7 @@ async fn dead_node_is_tainted_and_its_pods_evicted() -> Result<()> {
     let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
         "reason": "KubeletReady", "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
     nodes.patch_status("dead", &PatchParams::default(), &Patch::Merge(&ready)).await?;
-    coxswain_sim::wait_for(WAIT, || async { Ok(taints(&nodes.get("dead").await?).is_empty()) })
-        .await
-        .context("the taints go when the node is Ready again")?;
+    until("the taints go when the node is Ready again", || async { Ok(taints(&nodes.get("dead").await?).is_empty()) }).await?;
     Ok(())
 }
 
@@ -535,19 +550,15 @@ async fn node_ipam_allocates_distinct_cidrs_and_survives_restart() -> Result<()>
     all.dedup();
     assert_eq!(all.len(), 4);
     add("e", 5).await?;
-    coxswain_sim::wait_for(WAIT, || async {
+    until("an exhausted range is reported on the node", || async {
         Ok(events_with_reason(&client, "CIDRNotAvailable")
             .await?
             .iter()
             .any(|e| e.involved_object.name.as_deref() == Some("e")))
-    })
-    .await
-    .context("an exhausted range is reported on the node")?;
+    }).await?;
     assert_eq!(cidr_of("e").await?, None);
     nodes.delete("b", &DeleteParams::default()).await?;
-    coxswain_sim::wait_for(WAIT, || async { Ok(cidr_of("e").await?.is_some()) })
-        .await
-        .context("a deleted node's block is released and reused")?;
+    until("a deleted node's block is released and reused", || async { Ok(cidr_of("e").await?.is_some()) }).await?;
     assert_eq!(cidr_of("e").await?.unwrap(), b);
     manager.shutdown().await;
     Ok(())
@@ -595,17 +606,13 @@ async fn garbage_collector_cascades_in_three_modes() -> Result<()> {
     .await?;
     cms.delete("bg-owner", &DeleteParams::background()).await?;
     assert!(gone("bg-owner").await?, "background deletion removes the owner at once");
-    coxswain_sim::wait_for(WAIT, || async {
+    until("background deletion removes the dependents", || async {
         Ok(gone("bg-dep").await? && pods.get_opt("bg-pod").await?.is_none())
-    })
-    .await
-    .context("background deletion removes the dependents")?;
-    coxswain_sim::wait_for(WAIT, || async {
+    }).await?;
+    until("a dependent with a living owner stays, without the dangling reference", || async {
         let shared = cms.get("shared").await?;
         Ok(shared.owner_references().len() == 1 && shared.owner_references()[0].name == "keeper")
-    })
-    .await
-    .context("a dependent with a living owner stays, without the dangling reference")?;
+    }).await?;
 
     // Foreground: the owner waits for its blocking dependents.
     let owner = cms.create(&pp, &config_map("fg-owner", json!([]), json!([]))).await?;
@@ -616,20 +623,16 @@ async fn garbage_collector_cascades_in_three_modes() -> Result<()> {
     .await?;
     cms.create(&pp, &config_map("fg-other", json!([owner_ref(&owner, false)]), json!([]))).await?;
     cms.delete("fg-owner", &DeleteParams::foreground()).await?;
-    coxswain_sim::wait_for(WAIT, || async {
+    until("foreground deletion deletes the dependents", || async {
         let dep = cms.get("fg-blocking").await?;
         Ok(dep.metadata.deletion_timestamp.is_some() && gone("fg-other").await?)
-    })
-    .await
-    .context("foreground deletion deletes the dependents")?;
+    }).await?;
     let waiting = cms.get_opt("fg-owner").await?.context("the owner waits for its blocking dependent")?;
     assert!(waiting.metadata.deletion_timestamp.is_some());
     assert!(waiting.finalizers().iter().any(|f| f == "foregroundDeletion"));
     cms.patch("fg-blocking", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"finalizers": null}})))
         .await?;
-    coxswain_sim::wait_for(WAIT, || gone("fg-owner"))
-        .await
-        .context("the owner goes once its blocking dependent is gone")?;
+    until("the owner goes once its blocking dependent is gone", || gone("fg-owner")).await?;
 
     // Foreground down a chain: owner <- mid <- leaf (held). mid is deleted in foreground
     // too, so the owner waits for mid, which waits for leaf.
@@ -641,11 +644,9 @@ async fn garbage_collector_cascades_in_three_modes() -> Result<()> {
     )
     .await?;
     cms.delete("chain-owner", &DeleteParams::foreground()).await?;
-    coxswain_sim::wait_for(WAIT, || async {
+    until("the cascade reaches the leaf", || async {
         Ok(cms.get("chain-leaf").await?.metadata.deletion_timestamp.is_some())
-    })
-    .await
-    .context("the cascade reaches the leaf")?;
+    }).await?;
     for name in ["chain-owner", "chain-mid"] {
         let waiting = cms.get(name).await?;
         assert!(
@@ -655,17 +656,13 @@ async fn garbage_collector_cascades_in_three_modes() -> Result<()> {
     }
     cms.patch("chain-leaf", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"finalizers": null}})))
         .await?;
-    coxswain_sim::wait_for(WAIT, || async { Ok(gone("chain-mid").await? && gone("chain-owner").await?) })
-        .await
-        .context("the chain goes bottom-up")?;
+    until("the chain goes bottom-up", || async { Ok(gone("chain-mid").await? && gone("chain-owner").await?) }).await?;
 
     // Orphan: the dependents stay, without the reference.
     let owner = cms.create(&pp, &config_map("or-owner", json!([]), json!([]))).await?;
     cms.create(&pp, &config_map("or-dep", json!([owner_ref(&owner, true)]), json!([]))).await?;
     cms.delete("or-owner", &DeleteParams::orphan()).await?;
-    coxswain_sim::wait_for(WAIT, || gone("or-owner"))
-        .await
-        .context("the orphaned owner goes")?;
+    until("the orphaned owner goes", || gone("or-owner")).await?;
     let dep = cms.get("or-dep").await?;
     assert!(dep.owner_references().is_empty(), "the orphan lost its ownerReference");
     assert!(dep.metadata.deletion_timestamp.is_none());
@@ -676,9 +673,7 @@ async fn garbage_collector_cascades_in_three_modes() -> Result<()> {
         &config_map("late", json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "nobody", "uid": "00000000-dead-beef-0000-000000000000"}]), json!([])),
     )
     .await?;
-    coxswain_sim::wait_for(WAIT, || gone("late"))
-        .await
-        .context("an object whose owner never existed is collected")?;
+    until("an object whose owner never existed is collected", || gone("late")).await?;
     Ok(())
 }
 
@@ -706,21 +701,17 @@ async fn namespace_deletion_with_controllers_running() -> Result<()> {
     }
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "doomed");
     cms.create(&PostParams::default(), &config_map("cm", json!([]), json!([]))).await?;
-    coxswain_sim::wait_for(WAIT, || async {
+    until("the controllers fill the namespace", || async {
         let slices = slices_of(&client, "doomed", "web").await?;
         let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), "doomed");
         Ok(endpoints_by_pod(&slices).len() == 3 && sa.get_opt("default").await?.is_some())
-    })
-    .await
-    .context("the controllers fill the namespace")?;
+    }).await?;
 
     cluster
         .kubectl_run(&["delete", "namespace", "doomed", "--timeout=60s"])
         .await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    coxswain_sim::wait_for(WAIT, || async { Ok(namespaces.get_opt("doomed").await?.is_none()) })
-        .await
-        .context("the namespace is gone")?;
+    until("the namespace is gone", || async { Ok(namespaces.get_opt("doomed").await?.is_none()) }).await?;
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "doomed");
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "doomed");
     assert!(pods.list(&ListParams::default()).await?.items.is_empty());
@@ -748,17 +739,13 @@ async fn every_namespace_gets_a_default_service_account() -> Result<()> {
             .with_context(|| format!("a default ServiceAccount in {ns}"))?;
     }
     create_ns(&client, "team-a").await?;
-    coxswain_sim::wait_for(WAIT, || async { Ok(default_sa("team-a").await?.is_some()) })
-        .await
-        .context("a new namespace gets one")?;
+    until("a new namespace gets one", || async { Ok(default_sa("team-a").await?.is_some()) }).await?;
     let uid = default_sa("team-a").await?.unwrap().uid();
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), "team-a");
     api.delete("default", &DeleteParams::default()).await?;
-    coxswain_sim::wait_for(WAIT, || async {
+    until("a deleted default ServiceAccount is recreated", || async {
         Ok(default_sa("team-a").await?.is_some_and(|sa| sa.uid() != uid))
-    })
-    .await
-    .context("a deleted default ServiceAccount is recreated")?;
+    }).await?;
     Ok(())
 }
 
@@ -799,9 +786,7 @@ async fn two_managers_one_leader() -> Result<()> {
         (ctx, stop, task)
     };
     let (first, stop_first, first_task) = spawn_manager("first");
-    coxswain_sim::wait_for(WAIT, || async { Ok(lease_holder(&client).await?.as_deref() == Some("first")) })
-        .await
-        .context("the first manager leads")?;
+    until("the first manager leads", || async { Ok(lease_holder(&client).await?.as_deref() == Some("first")) }).await?;
     let (second, stop_second, second_task) = spawn_manager("second");
 
     create_ns(&client, "one").await?;
@@ -813,24 +798,18 @@ async fn two_managers_one_leader() -> Result<()> {
         }
     };
     coxswain_sim::wait_for(WAIT, || sa_in("one")).await?;
-    coxswain_sim::wait_for(WAIT, || async { Ok(first.metrics().total_reconciles() > 0) })
-        .await
-        .context("the leader acts")?;
+    until("the leader acts", || async { Ok(first.metrics().total_reconciles() > 0) }).await?;
     assert_eq!(second.metrics().total_reconciles(), 0, "the follower does nothing");
     assert_eq!(lease_holder(&client).await?.as_deref(), Some("first"));
 
     // The leader stops (releasing its Lease): the second takes over.
     stop_first.send(()).ok();
     first_task.await?;
-    coxswain_sim::wait_for(WAIT, || async { Ok(lease_holder(&client).await?.as_deref() == Some("second")) })
-        .await
-        .context("the second manager takes over")?;
+    until("the second manager takes over", || async { Ok(lease_holder(&client).await?.as_deref() == Some("second")) }).await?;
     let first_count = first.metrics().total_reconciles();
     create_ns(&client, "two").await?;
     coxswain_sim::wait_for(WAIT, || sa_in("two")).await?;
-    coxswain_sim::wait_for(WAIT, || async { Ok(second.metrics().total_reconciles() > 0) })
-        .await
-        .context("the new leader acts")?;
+    until("the new leader acts", || async { Ok(second.metrics().total_reconciles() > 0) }).await?;
     assert_eq!(first.metrics().total_reconciles(), first_count, "the stopped manager does nothing");
     assert!(second.metrics().is_leader());
 
@@ -842,14 +821,10 @@ async fn two_managers_one_leader() -> Result<()> {
     leases
         .patch("kube-controller-manager", &PatchParams::default(), &Patch::Merge(&steal))
         .await?;
-    coxswain_sim::wait_for(WAIT, || async { Ok(!second.metrics().is_leader()) })
-        .await
-        .context("a manager that lost its Lease stops leading")?;
-    coxswain_sim::wait_for(WAIT, || async {
+    until("a manager that lost its Lease stops leading", || async { Ok(!second.metrics().is_leader()) }).await?;
+    until("it re-enters the election and wins once the Lease expires", || async {
         Ok(second.metrics().is_leader() && lease_holder(&client).await?.as_deref() == Some("second"))
-    })
-    .await
-    .context("it re-enters the election and wins once the Lease expires")?;
+    }).await?;
     create_ns(&client, "three").await?;
     coxswain_sim::wait_for(WAIT, || sa_in("three")).await?;
     stop_second.send(()).ok();
@@ -898,16 +873,12 @@ async fn replicaset_pods_on_a_dead_node_are_replaced_elsewhere() -> Result<()> {
             )
         }
     };
-    coxswain_sim::wait_for(WAIT, || async { Ok(running_on("dead").await? == 2) })
-        .await
-        .context("both replicas run on the only node")?;
+    until("both replicas run on the only node", || async { Ok(running_on("dead").await? == 2) }).await?;
     let _alive = cluster
         .add_node(SimNode::new("alive").lease_interval(Duration::from_millis(200)))
         .await?;
     dead.stop().await;
-    coxswain_sim::wait_for(WAIT, || async { Ok(running_on("alive").await? == 2) })
-        .await
-        .context("the replicas are evicted from the dead node and replaced on the live one")?;
+    until("the replicas are evicted from the dead node and replaced on the live one", || async { Ok(running_on("alive").await? == 2) }).await?;
     assert_eq!(running_on("dead").await?, 0);
     scheduler.abort();
     Ok(())

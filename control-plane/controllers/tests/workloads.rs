@@ -566,6 +566,90 @@ async fn deployment_scales_up_and_down() -> Result<()> {
     Ok(())
 }
 
+/// The ReplicaSets of `app=NAME` as (image, spec.replicas, max-replicas annotation).
+async fn replica_sets(client: &Client, name: &str) -> Result<Vec<(String, i32, String)>> {
+    let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let mut out: Vec<(String, i32, String)> = rs_api
+        .list(&ListParams::default().labels(&format!("app={name}")))
+        .await?
+        .items
+        .into_iter()
+        .map(|rs| {
+            let image = rs
+                .spec
+                .template
+                .as_ref()
+                .and_then(|t| t.spec.as_ref())
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            let max = rs
+                .annotations()
+                .get("deployment.kubernetes.io/max-replicas")
+                .cloned()
+                .unwrap_or_default();
+            (image, rs.spec.replicas.unwrap_or(0), max)
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Upstream's "deployment should support proportional scaling": a rollout stalls on a
+/// template whose pods never become ready; scaling the Deployment then shares the new
+/// replicas between the old and new ReplicaSets in proportion to their sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deployment_scaled_mid_rollout_scales_its_replicasets_proportionally() -> Result<()> {
+    let h = Harness::start(&["deployment", "replicaset"], &["n1", "n2", "n3"]).await?;
+    let client = h.client();
+    let strategy = json!({"type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 3, "maxUnavailable": 2}});
+    h.apply(deployment("web", 10, "web:v1", strategy.clone())).await?;
+    h.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]).await?;
+    // v2's pods run but never turn Ready: the rollout stops at 8 old + 5 new (13 = 10 + 3).
+    let mut stalled = deployment("web", 10, "web:v2", strategy);
+    stalled["spec"]["template"]["metadata"]["annotations"] =
+        json!({coxswain_sim::READY: "false"});
+    h.apply(stalled).await?;
+    let want = vec![
+        ("web:v1".to_owned(), 8, "13".to_owned()),
+        ("web:v2".to_owned(), 5, "13".to_owned()),
+    ];
+    h.wait_for("the rollout to stall at 8 + 5", || async {
+        Ok(replica_sets(&client, "web").await? == want)
+    })
+    .await?;
+    h.kubectl(&["scale", "deployment/web", "--replicas=30"]).await?;
+    let want = vec![
+        ("web:v1".to_owned(), 20, "33".to_owned()),
+        ("web:v2".to_owned(), 13, "33".to_owned()),
+    ];
+    h.wait_for("20 old + 13 new", || async {
+        Ok(replica_sets(&client, "web").await? == want)
+    })
+    .await?;
+    // The Deployment is still mid-rollout: nothing moved past the proportions.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(replica_sets(&client, "web").await?, want);
+    let d_api: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    h.wait_for("the ReplicaSets' pods", || async {
+        let s = d_api.get("web").await?.status.unwrap_or_default();
+        Ok(s.replicas == Some(33) && s.available_replicas == Some(20))
+    })
+    .await?;
+    // Back to 10: 13 again, shared the same way.
+    h.kubectl(&["scale", "deployment/web", "--replicas=10"]).await?;
+    let want = vec![
+        ("web:v1".to_owned(), 8, "13".to_owned()),
+        ("web:v2".to_owned(), 5, "13".to_owned()),
+    ];
+    h.wait_for("8 old + 5 new again", || async {
+        Ok(replica_sets(&client, "web").await? == want)
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deployment_reports_an_exceeded_progress_deadline() -> Result<()> {
     let h = Harness::start(&["deployment", "replicaset"], &["n1"]).await?;
@@ -851,6 +935,89 @@ async fn job_runs_to_completion_retries_and_fails_at_the_backoff_limit() -> Resu
     Ok(())
 }
 
+/// The completion index of a pod (its annotation), checked against its label, name and
+/// hostname, which must all agree.
+fn index_of(job: &str, pod: &Pod) -> Result<i32> {
+    const INDEX: &str = "batch.kubernetes.io/job-completion-index";
+    let annotation = pod.annotations().get(INDEX).context("index annotation")?.clone();
+    anyhow::ensure!(pod.labels().get(INDEX) == Some(&annotation), "label: {:?}", pod.labels());
+    let name = pod.name_any();
+    let prefix = format!("{job}-{annotation}-");
+    anyhow::ensure!(
+        name.starts_with(&prefix) && name.len() == prefix.len() + 5,
+        "name {name} is not {prefix}<suffix>"
+    );
+    let spec = pod.spec.as_ref().context("spec")?;
+    anyhow::ensure!(spec.hostname.as_deref() == Some(format!("{job}-{annotation}").as_str()));
+    let env = spec.containers[0].env.clone().unwrap_or_default();
+    let var = env.iter().find(|e| e.name == "JOB_COMPLETION_INDEX").context("env")?;
+    let path = var.value_from.as_ref().and_then(|f| f.field_ref.as_ref()).map(|f| f.field_path.as_str());
+    anyhow::ensure!(path == Some("metadata.annotations['batch.kubernetes.io/job-completion-index']"));
+    Ok(annotation.parse()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn indexed_job_runs_one_pod_per_index_and_replaces_a_lost_one_with_the_same_index()
+-> Result<()> {
+    let h = Harness::start(&["job"], &["n1", "n2"]).await?;
+    let client = h.client();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    jobs.create(
+        &PostParams::default(),
+        &job("shards", 5, 2, 0, json!({"completionMode": "Indexed"})),
+    )
+    .await?;
+    h.wait_for("Complete", || async {
+        Ok(condition(&jobs.get("shards").await?, "Complete").is_some())
+    })
+    .await?;
+    let status = jobs.get("shards").await?.status.context("status")?;
+    assert_eq!(status.completed_indexes.as_deref(), Some("0-4"));
+    assert_eq!(status.succeeded, Some(5));
+    let pods = pods_with(&client, "batch.kubernetes.io/job-name=shards").await?;
+    let mut indexes: Vec<i32> = pods.iter().map(|p| index_of("shards", p)).collect::<Result<_>>()?;
+    indexes.sort_unstable();
+    assert_eq!(indexes, vec![0, 1, 2, 3, 4], "one pod per index");
+
+    // A pod lost mid-run comes back with the same index.
+    let mut long = job("slow", 3, 3, 0, json!({"completionMode": "Indexed"}));
+    if let Some(t) = long.spec.as_mut().and_then(|s| s.template.metadata.as_mut()) {
+        t.annotations.get_or_insert_with(BTreeMap::new).insert(RUN_MILLIS.into(), "3000".into());
+    }
+    jobs.create(&PostParams::default(), &long).await?;
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut victim = None;
+    h.wait_for("three running pods", || async {
+        let pods = pods_with(&client, "batch.kubernetes.io/job-name=slow").await?;
+        let running: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .collect();
+        Ok(running.len() == 3)
+    })
+    .await?;
+    for p in pods_with(&client, "batch.kubernetes.io/job-name=slow").await? {
+        if index_of("slow", &p)? == 1 {
+            victim = Some(p.name_any());
+        }
+    }
+    let victim = victim.context("the pod of index 1")?;
+    pod_api.delete(&victim, &DeleteParams::default()).await?;
+    h.wait_for("a new pod for index 1", || async {
+        let pods = pods_with(&client, "batch.kubernetes.io/job-name=slow").await?;
+        Ok(pods.iter().any(|p| p.name_any() != victim && p.name_any().starts_with("slow-1-")))
+    })
+    .await?;
+    h.wait_for("Complete", || async {
+        Ok(condition(&jobs.get("slow").await?, "Complete").is_some())
+    })
+    .await?;
+    let status = jobs.get("slow").await?.status.context("status")?;
+    assert_eq!(status.completed_indexes.as_deref(), Some("0-2"));
+    assert_eq!(status.succeeded, Some(3));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn job_past_its_active_deadline_fails_and_stops_its_pods() -> Result<()> {
     let h = Harness::start(&["job"], &["n1"]).await?;
@@ -1064,6 +1231,62 @@ async fn daemonset_follows_nodes_as_they_come_and_go() -> Result<()> {
         tolerations
             .iter()
             .any(|t| t.key.as_deref() == Some("node.kubernetes.io/unreachable"))
+    );
+    Ok(())
+}
+
+/// A rolling update with `maxSurge: 1, maxUnavailable: 0`: each node's new daemon starts
+/// beside the old one, which goes only once the new one is ready, one node at a time, so
+/// every node has a ready daemon throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daemonset_max_surge_starts_new_daemons_before_stopping_old_ones() -> Result<()> {
+    let h = Harness::start(&["daemonset"], &["n1", "n2", "n3", "n4"]).await?;
+    let client = h.client();
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "proxy", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"ds": "proxy"}},
+            "updateStrategy": {"type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": {"ds": "proxy"}}, "spec": {"containers": [container("proxy:1")]}},
+        },
+    }))?;
+    let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
+    ds_api.create(&PostParams::default(), &ds).await?;
+    h.kubectl(&["rollout", "status", "daemonset/proxy", "--timeout=60s"]).await?;
+    let (census, watch) = census(client.clone(), "ds=proxy", None);
+    h.wait_for("census sees 4 ready daemons", || async {
+        let c = census.lock().expect("census");
+        Ok(c.live.values().filter(|p| is_ready(p)).count() == 4)
+    })
+    .await?;
+    {
+        let mut c = census.lock().expect("census");
+        c.armed = true;
+        c.max_live = 0;
+    }
+    h.kubectl(&["set", "image", "daemonset/proxy", "app=proxy:2"]).await?;
+    h.kubectl(&["rollout", "status", "daemonset/proxy", "--timeout=60s"]).await?;
+    h.wait_for("every daemon on proxy:2", || async {
+        let pods: Vec<Pod> = pods_with(&client, "ds=proxy").await?.into_iter().filter(is_live).collect();
+        Ok(pods.len() == 4 && pods.iter().all(|p| image(p) == "proxy:2" && is_ready(p)))
+    })
+    .await?;
+    watch.abort();
+    let (min_ready, max_live) = {
+        let c = census.lock().expect("census");
+        (c.min_ready, c.max_live)
+    };
+    assert!(
+        min_ready.is_some_and(|m| m >= 4),
+        "a node went without a ready daemon: at least {min_ready:?} ready"
+    );
+    assert!(max_live <= 5, "more than maxSurge extra daemons at once: {max_live}");
+    assert!(max_live == 5, "the update surged: {max_live}");
+    let status = ds_api.get("proxy").await?.status.unwrap_or_default();
+    assert_eq!(
+        (status.updated_number_scheduled, status.number_available),
+        (Some(4), Some(4))
     );
     Ok(())
 }

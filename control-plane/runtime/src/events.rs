@@ -17,6 +17,28 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Mutex;
 use tracing::debug;
 
+/// Recent Events by what they say, and when expired entries were last swept.
+#[derive(Debug, Default)]
+struct SeenCache {
+    events: HashMap<Key, Seen>,
+    swept: Option<Timestamp>,
+}
+
+impl SeenCache {
+    /// Forgets entries older than [`AGGREGATE_FOR`], at most once a second (a sweep walks
+    /// every entry; recording thousands of Events a second must not walk them each time).
+    fn sweep(&mut self, now: Timestamp) {
+        let due = self
+            .swept
+            .is_none_or(|t| now.duration_since(t).unsigned_abs() >= Duration::from_secs(1));
+        if due {
+            self.events
+                .retain(|_, s| now.duration_since(s.at).unsigned_abs() < AGGREGATE_FOR);
+            self.swept = Some(now);
+        }
+    }
+}
+
 /// How long a recorded Event is remembered for aggregation.
 const AGGREGATE_FOR: Duration = Duration::from_secs(600);
 /// Bound on remembered Events, so a storm of distinct messages cannot grow memory forever.
@@ -62,7 +84,7 @@ pub struct Recorder {
     client: Client,
     component: String,
     host: Option<String>,
-    seen: Arc<Mutex<HashMap<Key, Seen>>>,
+    seen: Arc<Mutex<SeenCache>>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -149,8 +171,11 @@ impl Recorder {
         // count: an undercount of a repeat, never a lost Event.
         let prev = {
             let mut seen = self.seen.lock().await;
-            seen.retain(|_, s| now.duration_since(s.at).unsigned_abs() < AGGREGATE_FOR);
-            seen.get(&key).cloned()
+            seen.sweep(now);
+            seen.events
+                .get(&key)
+                .filter(|s| now.duration_since(s.at).unsigned_abs() < AGGREGATE_FOR)
+                .cloned()
         };
         if let Some(prev) = prev {
             let count = prev.count + 1;
@@ -163,7 +188,7 @@ impl Recorder {
                 .await
             {
                 Ok(_) => {
-                    self.seen.lock().await.insert(
+                    self.seen.lock().await.events.insert(
                         key,
                         Seen {
                             event_name: prev.event_name,
@@ -175,7 +200,7 @@ impl Recorder {
                 }
                 // The Event was deleted (TTL, namespace cleanup): write a new one.
                 Err(kube::Error::Api(s)) if s.code == 404 => {
-                    self.seen.lock().await.remove(&key);
+                    self.seen.lock().await.events.remove(&key);
                 }
                 Err(e) => return Err(e),
             }
@@ -206,10 +231,10 @@ impl Recorder {
         };
         let created = api.create(&PostParams::default(), &event).await?;
         let mut seen = self.seen.lock().await;
-        if seen.len() >= MAX_REMEMBERED {
-            seen.clear();
+        if seen.events.len() >= MAX_REMEMBERED {
+            seen.events.clear();
         }
-        seen.insert(
+        seen.events.insert(
             key,
             Seen {
                 event_name: created.name_any(),
@@ -218,5 +243,46 @@ impl Recorder {
             },
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Key {
+        Key {
+            uid: name.to_owned(),
+            namespace: "default".to_owned(),
+            name: name.to_owned(),
+            event_type: EventType::Normal,
+            reason: "Scheduled".to_owned(),
+            message: String::new(),
+        }
+    }
+
+    fn seen(at: Timestamp) -> Seen {
+        Seen {
+            event_name: "e".to_owned(),
+            count: 1,
+            at,
+        }
+    }
+
+    #[test]
+    fn expired_events_are_swept_at_most_once_a_second() {
+        let t0: Timestamp = "2026-11-01T00:00:00Z".parse().unwrap();
+        let at = |millis: i64| t0.checked_add(jiff::SignedDuration::from_millis(millis)).unwrap();
+        let mut cache = SeenCache::default();
+        cache.events.insert(key("old"), seen(t0));
+        cache.events.insert(key("new"), seen(at(500_000)));
+        cache.sweep(at(599_500));
+        assert_eq!(cache.events.len(), 2, "nothing expired yet");
+        // "old" expired at 600 s, but the last sweep was under a second ago.
+        cache.sweep(at(600_200));
+        assert!(cache.events.contains_key(&key("old")));
+        cache.sweep(at(600_600));
+        assert!(!cache.events.contains_key(&key("old")));
+        assert!(cache.events.contains_key(&key("new")));
     }
 }

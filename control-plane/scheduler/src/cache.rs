@@ -157,6 +157,10 @@ pub struct NodeInfo {
     pub used_ports: Vec<HostPort>,
     /// Pods per workload (controller uid) on the node.
     pub workloads: HashMap<String, u32>,
+    /// `spec.unschedulable` (cordoned), kept here so that filters read no Node object.
+    unschedulable: bool,
+    /// `spec.taints`, likewise.
+    taints: Vec<Taint>,
 }
 
 impl NodeInfo {
@@ -171,6 +175,8 @@ impl NodeInfo {
             pods: HashMap::new(),
             used_ports: Vec::new(),
             workloads: HashMap::new(),
+            unschedulable: false,
+            taints: Vec::new(),
         }
     }
 
@@ -189,7 +195,18 @@ impl NodeInfo {
             .and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref()))
             .map(Resources::from_list)
             .unwrap_or_default();
+        let spec = node.spec.as_ref();
+        self.unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+        self.taints = spec.and_then(|s| s.taints.clone()).unwrap_or_default();
         self.node = Some(node);
+    }
+
+    /// Forgets the Node object (its pods stay counted).
+    fn clear_node(&mut self) {
+        self.node = None;
+        self.allocatable = Resources::default();
+        self.unschedulable = false;
+        self.taints.clear();
     }
 
     /// The node's labels.
@@ -201,13 +218,14 @@ impl NodeInfo {
             .unwrap_or(&EMPTY)
     }
 
+    /// Whether the node is cordoned (`spec.unschedulable`).
+    pub fn is_unschedulable(&self) -> bool {
+        self.unschedulable
+    }
+
     /// The node's taints.
     pub fn taints(&self) -> &[Taint] {
-        self.node
-            .as_ref()
-            .and_then(|n| n.spec.as_ref())
-            .and_then(|s| s.taints.as_deref())
-            .unwrap_or(&[])
+        &self.taints
     }
 
     /// Counts a pod on the node.
@@ -264,13 +282,18 @@ struct PodState {
 }
 
 /// Every node and the pods counted on it.
+///
+/// Nodes live in a slab (`slots`, reused through `free`) found by name through `by_name`;
+/// `order` lists the slots of the nodes that have a Node object, in a stable order for
+/// round-robin sampling, so the filter loop walks plain indices and never hashes a name.
 #[derive(Debug, Default)]
 pub struct Cache {
-    nodes: HashMap<Arc<str>, NodeInfo>,
-    /// Names of the nodes that have a Node object, in a stable order for round-robin
-    /// sampling; `order_index` maps a name to its position.
-    order: Vec<Arc<str>>,
-    order_index: HashMap<Arc<str>, usize>,
+    slots: Vec<Option<NodeInfo>>,
+    free: Vec<usize>,
+    by_name: HashMap<Arc<str>, usize>,
+    order: Vec<usize>,
+    /// Position in `order` of each slot that is in it.
+    order_index: HashMap<usize, usize>,
     pods: HashMap<PodKey, PodState>,
     /// Bound pods with required anti-affinity terms, which every new pod is checked against.
     anti_affinity_pods: HashMap<PodKey, Arc<str>>,
@@ -288,25 +311,62 @@ impl Cache {
         self.order.len()
     }
 
+    fn slot(&self, i: usize) -> &NodeInfo {
+        self.slots[i].as_ref().expect("a listed slot holds a node")
+    }
+
     /// The `i`-th node in round-robin order.
     pub fn node_at(&self, i: usize) -> &NodeInfo {
-        &self.nodes[&self.order[i]]
+        self.slot(self.order[i])
     }
 
     /// Every node with a Node object.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
-        self.order.iter().map(|n| &self.nodes[n])
+        self.order.iter().map(|&i| self.slot(i))
     }
 
     /// A node by name (also one known only from its pods).
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
-        self.nodes.get(name)
+        self.by_name.get(name).map(|&i| self.slot(i))
+    }
+
+    fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
+        let i = *self.by_name.get(name)?;
+        self.slots[i].as_mut()
+    }
+
+    /// The slot of `name`, created empty if the node is unknown.
+    fn slot_for(&mut self, name: &Arc<str>) -> usize {
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        let info = NodeInfo::empty(name.clone());
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(info);
+                i
+            }
+            None => {
+                self.slots.push(Some(info));
+                self.slots.len() - 1
+            }
+        };
+        self.by_name.insert(name.clone(), i);
+        i
+    }
+
+    /// Drops the node `name` from the slab (it has neither a Node object nor pods).
+    fn release(&mut self, name: &str) {
+        if let Some(i) = self.by_name.remove(name) {
+            self.slots[i] = None;
+            self.free.push(i);
+        }
     }
 
     /// Bound pods that carry required anti-affinity terms, with their node.
     pub fn pods_with_anti_affinity(&self) -> impl Iterator<Item = (&PodInfo, &NodeInfo)> {
         self.anti_affinity_pods.iter().filter_map(|(k, n)| {
-            let node = self.nodes.get(n)?;
+            let node = self.node(n)?;
             Some((node.pods.get(k)?.as_ref(), node))
         })
     }
@@ -330,10 +390,8 @@ impl Cache {
     pub fn apply_node(&mut self, node: Node) -> ClusterEvents {
         let name: Arc<str> = node.metadata.name.clone().unwrap_or_default().into();
         let node = Arc::new(node);
-        let entry = self
-            .nodes
-            .entry(name.clone())
-            .or_insert_with(|| NodeInfo::empty(name.clone()));
+        let slot = self.slot_for(&name);
+        let entry = self.slots[slot].as_mut().expect("slot_for fills the slot");
         let event = match &entry.node {
             None => ClusterEvents::NODE_ADD,
             Some(old) => {
@@ -350,26 +408,29 @@ impl Cache {
         };
         entry.set_node(node);
         if event == ClusterEvents::NODE_ADD {
-            self.order_index.insert(name.clone(), self.order.len());
-            self.order.push(name);
+            self.order_index.insert(slot, self.order.len());
+            self.order.push(slot);
         }
         event
     }
 
     /// Removes a Node (its pods stay counted until they go, in case it comes back).
     pub fn remove_node(&mut self, name: &str) {
-        if let Some(info) = self.nodes.get_mut(name) {
-            info.node = None;
-            info.allocatable = Resources::default();
-            if info.pods.is_empty() {
-                self.nodes.remove(name);
+        let Some(&slot) = self.by_name.get(name) else {
+            return;
+        };
+        if let Some(i) = self.order_index.remove(&slot) {
+            self.order.swap_remove(i);
+            if let Some(&moved) = self.order.get(i) {
+                self.order_index.insert(moved, i);
             }
         }
-        if let Some(i) = self.order_index.remove(name) {
-            self.order.swap_remove(i);
-            if let Some(moved) = self.order.get(i) {
-                self.order_index.insert(moved.clone(), i);
-            }
+        let Some(info) = self.slots[slot].as_mut() else {
+            return;
+        };
+        info.clear_node();
+        if info.pods.is_empty() {
+            self.release(name);
         }
     }
 
@@ -382,8 +443,11 @@ impl Cache {
         let node: Arc<str> = node.into();
         let event = match self.pods.get(&pod.key) {
             Some(state) if !state.assumed && state.node == node => {
-                let old = &self.nodes[&node].pods[&pod.key];
-                if old.pod.metadata.labels != pod.pod.metadata.labels {
+                let old = self
+                    .node(&node)
+                    .and_then(|n| n.pods.get(&pod.key))
+                    .map(|p| &p.pod.metadata.labels);
+                if old != Some(&pod.pod.metadata.labels) {
                     ClusterEvents::ASSIGNED_POD_UPDATE
                 } else {
                     ClusterEvents::NONE
@@ -418,9 +482,10 @@ impl Cache {
                 assumed,
             },
         );
-        self.nodes
-            .entry(node.clone())
-            .or_insert_with(|| NodeInfo::empty(node))
+        let slot = self.slot_for(&node);
+        self.slots[slot]
+            .as_mut()
+            .expect("slot_for fills the slot")
             .add_pod(pod);
     }
 
@@ -430,8 +495,10 @@ impl Cache {
             return false;
         };
         self.anti_affinity_pods.remove(key);
-        if let Some(info) = self.nodes.get_mut(&state.node) {
-            if let Some(old) = info.remove_pod(key)
+        if let Some(info) = self.node_mut(&state.node) {
+            let old = info.remove_pod(key);
+            let gone = info.node.is_none() && info.pods.is_empty();
+            if let Some(old) = old
                 && let Some(w) = &old.workload
                 && let Some(per_node) = self.workload_nodes.get_mut(w)
             {
@@ -445,8 +512,8 @@ impl Cache {
                     self.workload_nodes.remove(w);
                 }
             }
-            if info.node.is_none() && info.pods.is_empty() {
-                self.nodes.remove(&state.node);
+            if gone {
+                self.release(&state.node);
             }
         }
         true
@@ -472,7 +539,7 @@ impl Cache {
 
     /// Names of every node with a Node object, for relists.
     pub(crate) fn node_names(&self) -> Vec<Arc<str>> {
-        self.order.clone()
+        self.nodes().map(|n| n.name.clone()).collect()
     }
 }
 
@@ -556,6 +623,43 @@ pub(crate) mod tests {
         assert_eq!(n1.requested.pods, 1);
         assert!(cache.remove_pod("default/a"));
         assert_eq!(cache.node("n1").unwrap().requested, Resources::default());
+    }
+
+    #[test]
+    fn nodes_leave_and_return_without_losing_their_pods_and_slots_are_reused() {
+        let mut cache = Cache::new();
+        let mut cordoned = node("n1", "4", "8Gi", "110");
+        cordoned.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            unschedulable: Some(true),
+            ..Default::default()
+        });
+        cache.apply_node(cordoned);
+        cache.apply_node(node("n2", "4", "8Gi", "110"));
+        assert!(cache.node("n1").unwrap().is_unschedulable());
+        let p = Arc::new(PodInfo::new(bound(pod("a", "1", "1Gi"), "n1")));
+        cache.apply_bound_pod(p);
+        // The Node goes: not sampled any more, but its pod is still counted.
+        cache.remove_node("n1");
+        assert_eq!(cache.node_count(), 1);
+        assert_eq!(cache.node_at(0).name.as_ref(), "n2");
+        let gone = cache.node("n1").expect("kept for its pod");
+        assert!(gone.node.is_none() && !gone.is_unschedulable());
+        assert_eq!(gone.requested.milli_cpu, 1000);
+        // It comes back (uncordoned) with the pod still on it.
+        assert_eq!(cache.apply_node(node("n1", "4", "8Gi", "110")), ClusterEvents::NODE_ADD);
+        let back = cache.node("n1").unwrap();
+        assert_eq!((back.requested.milli_cpu, back.is_unschedulable()), (1000, false));
+        assert_eq!(cache.node_names().len(), 2);
+        // A node without a Node object and without pods is dropped, its slot reused.
+        cache.remove_node("n1");
+        assert!(cache.remove_pod("default/a"));
+        assert!(cache.node("n1").is_none());
+        let slots = cache.slots.len();
+        cache.apply_node(node("n3", "4", "8Gi", "110"));
+        assert_eq!(cache.slots.len(), slots, "the freed slot is reused");
+        let mut names: Vec<String> = cache.nodes().map(|n| n.name.to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["n2", "n3"]);
     }
 
     #[test]

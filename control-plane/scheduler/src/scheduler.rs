@@ -297,12 +297,25 @@ async fn watch_pods(shared: Arc<Shared>, synced: Arc<Notify>) -> Result<()> {
     }
 }
 
-/// Writes Events one at a time (the recorder aggregates repeats).
+/// Event writes in flight at most: one at a time cannot keep up with a scheduler placing
+/// a thousand pods a second (each write is an API round trip), and the buffer would drop
+/// most Scheduled Events.
+const EVENT_WRITERS: usize = 64;
+
+/// Writes Events, [`EVENT_WRITERS`] at a time (the recorder aggregates repeats).
 async fn write_events(recorder: Recorder, mut rx: mpsc::Receiver<EventToRecord>) {
+    let mut writing = JoinSet::new();
     while let Some(e) = rx.recv().await {
-        recorder
-            .record(&e.object, e.event_type, e.reason, &e.message)
-            .await;
+        while writing.len() >= EVENT_WRITERS {
+            writing.join_next().await;
+        }
+        while writing.try_join_next().is_some() {}
+        let recorder = recorder.clone();
+        writing.spawn(async move {
+            recorder
+                .record(&e.object, e.event_type, e.reason, &e.message)
+                .await;
+        });
     }
     std::future::pending::<()>().await;
 }
@@ -723,19 +736,8 @@ impl Shared {
                     "Scheduled",
                     format!("Successfully assigned {} to {node}", pod.key),
                 );
-                // A pod once marked unschedulable gets its condition turned around.
-                let was_unschedulable = pod
-                    .pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "PodScheduled" && c.status == "False")
-                    });
-                if was_unschedulable {
-                    self.patch_condition(&pod, "True", None, None).await;
-                }
+                // PodScheduled=True comes with the binding: the API server sets it as it
+                // sets spec.nodeName (as upstream's does), so there is nothing to patch.
             }
             Err(e) => {
                 for r in self.profile.reserve.iter().rev() {

@@ -237,7 +237,13 @@ async fn a_pod_that_fits_nowhere_stays_pending_and_is_placed_when_a_node_appears
                     .and_then(|s| s.conditions)
                     .into_iter()
                     .flatten()
-                    .any(|c| c.type_ == "PodScheduled" && c.status == "True"))
+                    .any(|c| {
+                        // Set by the binding (the API server), Unschedulable's reason gone.
+                        c.type_ == "PodScheduled"
+                            && c.status == "True"
+                            && c.reason.is_none()
+                            && c.last_transition_time.is_some()
+                    }))
             }
         })
         .await

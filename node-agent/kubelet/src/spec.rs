@@ -685,6 +685,22 @@ mod tests {
     }
 
     #[test]
+    fn an_indexed_jobs_index_comes_through_the_annotation_field_ref() {
+        // What the Job controller adds to every container of an Indexed Job's pods.
+        let mut p = pod(json!([{"name": "c", "image": "i", "env": [
+            {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {"apiVersion": "v1",
+                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+        ]}]));
+        p.metadata.annotations = Some(BTreeMap::from([(
+            "batch.kubernetes.io/job-completion-index".to_owned(),
+            "3".to_owned(),
+        )]));
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let env = environment(&p, c, &ctx(), &Objects).unwrap();
+        assert_eq!(env, vec![("JOB_COMPLETION_INDEX".to_owned(), "3".to_owned())]);
+    }
+
+    #[test]
     fn missing_references_are_config_errors() {
         for (env, want) in [
             (json!({"name": "X", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k"}}}), "configmap \"nope\" not found"),

@@ -322,11 +322,22 @@ pub fn pod_status(
             c.3 = None;
         }
     }
+    // The API server sets PodScheduled=True as it binds the pod: that condition, with its
+    // transition time, is the API's, and the kubelet repeats it as it is (so the two never
+    // disagree). Pods placed by `spec.nodeName` alone get the kubelet's own.
+    let api_scheduled = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled" && c.status == "True"))
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
     let conditions: Vec<Value> = conds
         .iter()
         .map(|(ty, ok, reason, message)| {
-            let time = match facts.since.get(ty) {
-                Some((was, t)) if was == ok => t.clone(),
+            let time = match (ty.as_str(), &api_scheduled, facts.since.get(ty)) {
+                ("PodScheduled", Some(t), _) => t.clone(),
+                (_, _, Some((was, t))) if was == ok => t.clone(),
                 _ => facts.now.to_owned(),
             };
             let mut c = json!({
@@ -434,6 +445,29 @@ mod tests {
         assert_eq!(status["phase"], "Running");
         assert_eq!(status["podIP"], "10.244.0.2");
         assert_eq!(status["conditions"][3]["status"], "False");
+    }
+
+    #[test]
+    fn pod_scheduled_is_kept_as_the_api_server_set_it() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+            "status": {"conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-01T00:00:05Z"},
+            ]},
+        }))
+        .unwrap();
+        // The kubelet remembers a different time (it first saw the pod later).
+        let since = HashMap::from([("PodScheduled".to_owned(), (true, "2026-01-01T00:00:09Z".to_owned()))]);
+        let facts = PodFacts { host_ip: "h", pod_ips: &[], start_time: None, since: &since, now: "2026-01-01T00:01:00Z" };
+        let (status, _) = pod_status(&pod, &[], &[view(None)], &facts);
+        let c = &status["conditions"][0];
+        assert_eq!((c["type"].as_str(), c["status"].as_str()), (Some("PodScheduled"), Some("True")));
+        assert_eq!(c["lastTransitionTime"], "2026-01-01T00:00:05Z", "the API's time, not the kubelet's");
+        // A pod placed by spec.nodeName alone (no binding, no condition): the kubelet's.
+        pod.status = None;
+        let (status, _) = pod_status(&pod, &[], &[view(None)], &facts);
+        assert_eq!(status["conditions"][0]["lastTransitionTime"], "2026-01-01T00:00:09Z");
     }
 
     #[test]

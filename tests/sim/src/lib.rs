@@ -599,6 +599,15 @@ async fn run_pod(client: Client, node: &str, pod: Pod, pod_ip: &str, host_ip: &s
     let cond = |type_: &str, status: &str| {
         json!({"type": type_, "status": status, "lastTransitionTime": now})
     };
+    // PodScheduled is the API server's (set with the binding), kept as it is, as the
+    // kubelet does.
+    let scheduled = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled" && c.status == "True"))
+        .map(|c| json!(c))
+        .unwrap_or_else(|| cond("PodScheduled", "True"));
     let running = json!({"running": {"startedAt": now}});
     let status = json!({"status": {
         "phase": "Running",
@@ -608,7 +617,7 @@ async fn run_pod(client: Client, node: &str, pod: Pod, pod_ip: &str, host_ip: &s
         "podIPs": [{"ip": pod_ip}],
         "startTime": now,
         "conditions": [
-            cond("PodScheduled", "True"),
+            scheduled,
             cond("Initialized", "True"),
             cond("ContainersReady", ready_str),
             cond("Ready", ready_str),
@@ -644,7 +653,7 @@ async fn run_pod(client: Client, node: &str, pod: Pod, pod_ip: &str, host_ip: &s
     let status = json!({"status": {
         "phase": phase,
         "conditions": [
-            cond("PodScheduled", "True"),
+            scheduled,
             cond("Initialized", "True"),
             cond("ContainersReady", "False"),
             cond("Ready", "False"),

@@ -137,10 +137,118 @@ pub(crate) async fn create_object_as(
     }
 }
 
-/// `POST /api/v1/namespaces/<ns>/pods/<name>/binding`: sets `spec.nodeName` once.
+/// Sets the pod's `PodScheduled` condition to `True` as upstream's `UpdatePodCondition`
+/// does: the condition is replaced by one without reason or message, and its
+/// `lastTransitionTime` moves to now unless it was `True` already.
+fn set_scheduled(pod: &mut Value, now: &str) {
+    if !pod.get("status").is_some_and(Value::is_object) {
+        pod["status"] = json!({});
+    }
+    let status = &mut pod["status"];
+    if !status.get("conditions").is_some_and(Value::is_array) {
+        status["conditions"] = json!([]);
+    }
+    let Some(conditions) = status["conditions"].as_array_mut() else {
+        return;
+    };
+    let existing = conditions
+        .iter()
+        .position(|c| c.get("type").and_then(Value::as_str) == Some("PodScheduled"));
+    let mut condition = json!({
+        "type": "PodScheduled",
+        "status": "True",
+        "lastProbeTime": null,
+        "lastTransitionTime": now,
+    });
+    match existing {
+        Some(i) => {
+            let old = &conditions[i];
+            if old.get("status").and_then(Value::as_str) == Some("True") {
+                condition["lastTransitionTime"] =
+                    old.get("lastTransitionTime").cloned().unwrap_or(Value::Null);
+            }
+            conditions[i] = condition;
+        }
+        None => conditions.push(condition),
+    }
+}
+
+/// Whether the stored pod `current` (at mod revision `rev`) may be bound by a Binding
+/// with these preconditions: upstream's checks and messages.
+fn bindable(
+    ctx: &Ctx,
+    name: &str,
+    current: &Value,
+    rev: i64,
+    want_uid: Option<&str>,
+    want_rv: Option<&str>,
+) -> Result<()> {
+    if object::is_terminating(current) {
+        return Err(ApiError::Conflict(
+            ctx.target(name),
+            "pod is being deleted, cannot be assigned to a host".to_owned(),
+        ));
+    }
+    if let Some(uid) = want_uid {
+        let stored = object::meta_str(current, "uid");
+        if stored != uid {
+            return Err(ApiError::Conflict(
+                ctx.target(name),
+                format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {stored}"
+                ),
+            ));
+        }
+    }
+    if let Some(want) = want_rv
+        && want != rev.to_string()
+    {
+        return Err(ApiError::Conflict(
+            ctx.target(name),
+            format!(
+                "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"
+            ),
+        ));
+    }
+    match object::at_path(current, "spec.nodeName").and_then(Value::as_str) {
+        Some(existing) if !existing.is_empty() => {
+            return Err(ApiError::Conflict(
+                ctx.target(name),
+                format!("pod {name} is already assigned to node \"{existing}\""),
+            ));
+        }
+        _ => {}
+    }
+    if object::at_path(current, "spec.schedulingGates")
+        .and_then(Value::as_array)
+        .is_some_and(|g| !g.is_empty())
+    {
+        return Err(ApiError::Conflict(
+            ctx.target(name),
+            format!("pod {name} has non-empty .spec.schedulingGates"),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/namespaces/<ns>/pods/<name>/binding`: sets `spec.nodeName` once, with
+/// the Binding's annotations and `PodScheduled=True`, as upstream's binding storage does
+/// (the Binding's `metadata.uid` and `resourceVersion`, when set, are preconditions).
 pub(crate) async fn binding(ctx: &Ctx, body: Bytes) -> Result<Response> {
     let binding = decode_body(ctx, &body)?;
     let name = ctx.url_name()?.to_owned();
+    let want_uid = object::at_path(&binding, "metadata.uid")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned);
+    let want_rv = object::at_path(&binding, "metadata.resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned);
+    let annotations = object::at_path(&binding, "metadata.annotations")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let node = object::at_path(&binding, "target.name")
         .and_then(Value::as_str)
         .unwrap_or("")
@@ -152,25 +260,37 @@ pub(crate) async fn binding(ctx: &Ctx, body: Bytes) -> Result<Response> {
             causes: vec![crate::status::Cause::required("target.name")],
         });
     }
+    // The watch cache's copy is the first guess (no store read, no decode): the
+    // compare-and-swap on its revision fails if the cache is behind, and any refusal
+    // based on it is confirmed against the store before it is returned.
+    let mut hint = ctx
+        .state
+        .caches
+        .running(&ctx.rt.prefix())
+        .and_then(|cache| cache.object(&ctx.key(&name)));
     loop {
-        let (current, rev) = ctx.current(&name).await?;
-        if object::is_terminating(&current) {
-            return Err(ApiError::Conflict(
-                ctx.target(&name),
-                "pod is being deleted, cannot be assigned to a host".to_owned(),
-            ));
-        }
-        match object::at_path(&current, "spec.nodeName").and_then(Value::as_str) {
-            Some(existing) if !existing.is_empty() => {
-                return Err(ApiError::Conflict(
-                    ctx.target(&name),
-                    format!("pod {name} is already assigned to node \"{existing}\""),
-                ));
+        let from_hint = hint.is_some();
+        let (current, rev) = match hint.take() {
+            Some(cached) => (cached.value.clone(), cached.revision),
+            None => ctx.current(&name).await?,
+        };
+        if let Err(e) = bindable(ctx, &name, &current, rev, want_uid.as_deref(), want_rv.as_deref()) {
+            if from_hint {
+                continue;
             }
-            _ => {}
+            return Err(e);
         }
         let mut new = current.clone();
         new["spec"]["nodeName"] = json!(node);
+        if !annotations.is_empty() {
+            let meta = meta_mut(&mut new);
+            if !meta.get("annotations").is_some_and(Value::is_object) {
+                meta.insert("annotations".into(), json!({}));
+            }
+            if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                a.extend(annotations.clone());
+            }
+        }
         let bind_ctx = Ctx {
             state: ctx.state.clone(),
             rt: ctx.rt,
@@ -181,7 +301,9 @@ pub(crate) async fn binding(ctx: &Ctx, body: Bytes) -> Result<Response> {
             headers: Default::default(),
             user: ctx.user.clone(),
         };
-        let merged = write::merge_update(&bind_ctx, &current, new);
+        let mut merged = write::merge_update(&bind_ctx, &current, new);
+        // The main resource keeps its stored status; the binding alone may set this one.
+        set_scheduled(&mut merged, &object::now_rfc3339());
         match write::commit_update_as(&bind_ctx, &current, rev, merged, &Ownership::Unchanged)
             .await?
         {
@@ -199,6 +321,37 @@ pub(crate) async fn binding(ctx: &Ctx, body: Bytes) -> Result<Response> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binding_sets_pod_scheduled_as_update_pod_condition_does() {
+        let now = "2026-11-02T10:00:00Z";
+        // No status at all: the condition is added.
+        let mut pod = json!({"spec": {}});
+        set_scheduled(&mut pod, now);
+        assert_eq!(
+            pod["status"]["conditions"],
+            json!([{"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}])
+        );
+        // Unschedulable before: replaced (reason and message go), the transition is now.
+        let mut pod = json!({"status": {"conditions": [
+            {"type": "Ready", "status": "False"},
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/1 nodes are available", "lastTransitionTime": "2026-11-01T00:00:00Z"},
+        ]}});
+        set_scheduled(&mut pod, now);
+        let c = &pod["status"]["conditions"];
+        assert_eq!(c[0], json!({"type": "Ready", "status": "False"}));
+        assert_eq!(
+            c[1],
+            json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now})
+        );
+        // True already: the transition time stays.
+        let mut pod = json!({"status": {"conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-11-01T00:00:00Z"},
+        ]}});
+        set_scheduled(&mut pod, now);
+        assert_eq!(pod["status"]["conditions"][0]["lastTransitionTime"], "2026-11-01T00:00:00Z");
+    }
 
     #[test]
     fn suffixes_use_the_upstream_alphabet() {

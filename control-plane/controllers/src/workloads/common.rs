@@ -1,5 +1,5 @@
 //! What the workload controllers share: owner references, pod predicates, expectations,
-//! slow-start batches, adoption and release, per-object error backoff and metrics.
+//! slow-start batches, adoption and release, and the workload write metrics.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
@@ -26,7 +26,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::Error;
 
@@ -416,32 +416,6 @@ impl Expectations {
     }
 }
 
-/// Per-object exponential backoff for failed reconciliations (upstream's
-/// `DefaultControllerRateLimiter` item part: 5 ms doubling up to 1000 s).
-#[derive(Debug, Default)]
-pub(crate) struct ErrorBackoff {
-    failures: Mutex<HashMap<String, u32>>,
-}
-
-impl ErrorBackoff {
-    const BASE: Duration = Duration::from_millis(5);
-    const MAX: Duration = Duration::from_secs(1000);
-
-    /// The delay before retrying `key` after one more failure.
-    pub(crate) fn next(&self, key: &str) -> Duration {
-        let mut failures = self.failures.lock().expect("backoff lock");
-        let n = failures.entry(key.to_owned()).or_insert(0);
-        let delay = Self::BASE.saturating_mul(1u32 << (*n).min(24));
-        *n += 1;
-        delay.min(Self::MAX)
-    }
-
-    /// `key` reconciled fine: start over.
-    pub(crate) fn reset(&self, key: &str) {
-        self.failures.lock().expect("backoff lock").remove(key);
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
     controller: &'static str,
@@ -477,26 +451,6 @@ pub fn register_metrics(registry: &mut Registry) {
         "Objects created or deleted by the workload controllers, by controller and action",
         METRICS.writes.clone(),
     );
-}
-
-/// Runs one sync of `key` for `controller`: counted and timed in the shared metrics,
-/// logged when it fails, and the error backoff reset when it succeeds.
-pub(crate) async fn instrumented<Fut>(
-    metrics: &crate::Metrics,
-    controller: &'static str,
-    key: &str,
-    backoff: &ErrorBackoff,
-    sync: Fut,
-) -> Result<Action, Error>
-where
-    Fut: Future<Output = Result<Action, Error>>,
-{
-    let result = metrics.reconcile(controller, sync).await;
-    match &result {
-        Ok(_) => backoff.reset(key),
-        Err(e) => warn!(controller, object = key, error = %e, "sync failed"),
-    }
-    result
 }
 
 /// A reflector over all objects of `K` whose events go through `observe` after the cache

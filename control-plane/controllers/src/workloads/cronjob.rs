@@ -10,7 +10,6 @@ use std::time::Duration;
 use coxswain_runtime::events::{EventType, Recorder, object_ref};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
-use futures::StreamExt;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp, Zoned};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -24,7 +23,7 @@ use tracing::{debug, info};
 
 use super::Error;
 use super::common::{
-    self, ErrorBackoff, METRICS, api_err, is_controlled_by, key_of, owner_ref, reflect, wait_synced,
+    self, METRICS, api_err, is_controlled_by, key_of, owner_ref, reflect, wait_synced,
 };
 
 const COMPONENT: &str = "cronjob-controller";
@@ -37,7 +36,6 @@ struct Ctx {
     client: Client,
     metrics: Arc<crate::Metrics>,
     jobs: Store<Job>,
-    backoff: ErrorBackoff,
     recorder: Recorder,
 }
 
@@ -51,35 +49,19 @@ pub async fn run_cronjob(ctx: crate::Context) -> Result<(), Error> {
         recorder: Recorder::new(client.clone(), COMPONENT, None),
         client,
         jobs,
-        backoff: ErrorBackoff::default(),
     });
-    Controller::for_stream(cj_stream, cronjobs)
+    let metrics = ctx.metrics.clone();
+    let controller = Controller::for_stream(cj_stream, cronjobs)
         .watches_stream(job_stream, |job: Job| {
             common::owner_refs_of::<CronJob>(&job.metadata)
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                debug!(error = %e, "cronjob controller event");
-            }
-        })
-        .await;
+        });
+    crate::reconciler::run(controller, "cronjob", metrics, ctx, reconcile).await;
     Ok(())
-}
-
-fn error_policy(cj: Arc<CronJob>, _err: &Error, ctx: Arc<Ctx>) -> Action {
-    Action::requeue(ctx.backoff.next(&key_of(&*cj)))
 }
 
 async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let key = key_of(&*cj);
-    common::instrumented(
-        &ctx.metrics,
-        "cronjob",
-        &key,
-        &ctx.backoff,
-        sync(&cj, &ctx, &key),
-    )
+    sync(&cj, &ctx, &key)
     .await
 }
 

@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use coxswain_runtime::events::{EventType, Recorder, object_ref};
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
@@ -18,11 +17,11 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::Error;
 use super::common::{
-    self, ErrorBackoff, Expectations, METRICS, claim, controller_of, create_pod, delete_pod,
+    self, Expectations, METRICS, claim, controller_of, create_pod, delete_pod,
     ensure_revision, is_active, is_available, is_ready, key_of, owner_ref, pod_from_template,
     random_suffix, reflect, reflect_owners, scaled_value, selector_of, selects, until_available,
     wait_synced,
@@ -39,7 +38,6 @@ struct Ctx {
     nodes: Store<Node>,
     revisions: Store<ControllerRevision>,
     expectations: Arc<Expectations>,
-    backoff: ErrorBackoff,
     recorder: Recorder,
 }
 
@@ -61,10 +59,10 @@ pub async fn run_daemonset(ctx: crate::Context) -> Result<(), Error> {
         nodes,
         revisions,
         expectations,
-        backoff: ErrorBackoff::default(),
     });
     let sets_for_nodes = sets.clone();
-    Controller::for_stream(ds_stream, sets)
+    let metrics = ctx.metrics.clone();
+    let controller = Controller::for_stream(ds_stream, sets)
         .watches_stream(pod_stream, |pod: Pod| {
             common::owner_refs_of::<DaemonSet>(&pod.metadata)
         })
@@ -78,30 +76,14 @@ pub async fn run_daemonset(ctx: crate::Context) -> Result<(), Error> {
                 .iter()
                 .map(|ds| ObjectRef::from_obj(&**ds))
                 .collect::<Vec<_>>()
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                debug!(error = %e, "daemonset controller event");
-            }
-        })
-        .await;
+        });
+    crate::reconciler::run(controller, "daemonset", metrics, ctx, reconcile).await;
     Ok(())
-}
-
-fn error_policy(ds: Arc<DaemonSet>, _err: &Error, ctx: Arc<Ctx>) -> Action {
-    Action::requeue(ctx.backoff.next(&key_of(&*ds)))
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let key = key_of(&*ds);
-    common::instrumented(
-        &ctx.metrics,
-        "daemonset",
-        &key,
-        &ctx.backoff,
-        sync(&ds, &ctx, &key),
-    )
+    sync(&ds, &ctx, &key)
     .await
 }
 
@@ -280,6 +262,10 @@ fn template_for_node(template: &PodTemplateSpec, node: &str) -> PodTemplateSpec 
     t
 }
 
+/// A node during a surging rolling update: its name, its old daemon pod (if still
+/// kept) and its new one (if started).
+type SurgeNode = (String, Option<Arc<Pod>>, Option<Arc<Pod>>);
+
 async fn sync(ds: &DaemonSet, ctx: &Ctx, key: &str) -> Result<Action, Error> {
     wait_synced(&ctx.pods, "pod").await?;
     wait_synced(&ctx.nodes, "node").await?;
@@ -326,6 +312,20 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, key: &str) -> Result<Action, Error> {
     let nodes = ctx.nodes.state();
     let now = common::now();
     let min_ready = ds.spec.min_ready_seconds.unwrap_or(0);
+    let rolling_update = ds
+        .spec
+        .update_strategy
+        .as_ref()
+        .filter(|s| s.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate")
+        .map(|s| s.rolling_update.clone().unwrap_or_default());
+    // Eligible nodes, for percentages of maxSurge and maxUnavailable.
+    let eligible = i32::try_from(nodes.iter().filter(|n| should_run(template, n)).count())
+        .unwrap_or(i32::MAX);
+    let max_surge = match &rolling_update {
+        Some(r) => scaled_value(r.max_surge.as_ref(), eligible, true, 0).max(0),
+        None => 0,
+    };
+    let is_new = |p: &Arc<Pod>| p.labels().get(REVISION_LABEL) == Some(&hash);
     let mut to_create: Vec<String> = Vec::new();
     let mut to_delete: Vec<Arc<Pod>> = orphaned;
     let mut desired = 0;
@@ -336,6 +336,8 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, key: &str) -> Result<Action, Error> {
     let mut updated = 0;
     // (node, its one live daemon pod) for rolling updates.
     let mut live: Vec<Arc<Pod>> = Vec::new();
+    // With maxSurge: (node, its old pod, its new pod) of every node running the daemon.
+    let mut surging: Vec<SurgeNode> = Vec::new();
     let mut unavailable_nodes = 0;
     for node in &nodes {
         let name = node.name_any();
@@ -359,12 +361,37 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, key: &str) -> Result<Action, Error> {
                 }
                 [first, rest @ ..] => {
                     current += 1;
-                    // Keep the oldest; more than one is a mistake to undo.
                     let mut sorted: Vec<&Arc<Pod>> = std::iter::once(*first)
                         .chain(rest.iter().copied())
                         .collect();
                     sorted.sort_by_key(|p| p.metadata.creation_timestamp.clone());
-                    to_delete.extend(sorted.iter().skip(1).map(|p| (*p).clone()));
+                    if max_surge > 0 {
+                        // Surging: the oldest old pod and the oldest new one may run side by
+                        // side while the new one is not yet available (upstream's rule);
+                        // any other pod is a mistake to undo.
+                        let new = sorted.iter().find(|p| is_new(p)).map(|p| (*p).clone());
+                        let old = sorted.iter().find(|p| !is_new(p)).map(|p| (*p).clone());
+                        let kept = |p: &Arc<Pod>| {
+                            [&new, &old].into_iter().flatten().any(|k| Arc::ptr_eq(k, p))
+                        };
+                        to_delete.extend(sorted.iter().filter(|p| !kept(p)).map(|p| (*p).clone()));
+                        let old = match (&new, old) {
+                            (Some(n), Some(o))
+                                if !is_ready(&o) || is_available(n, min_ready, now) =>
+                            {
+                                to_delete.push(o);
+                                None
+                            }
+                            (_, o) => o,
+                        };
+                        if let Some(n) = &new {
+                            live.push(n.clone());
+                        }
+                        surging.push((name.clone(), old, new));
+                    } else {
+                        // Keep the oldest; more than one is a mistake to undo.
+                        to_delete.extend(sorted.iter().skip(1).map(|p| (*p).clone()));
+                    }
                     let pod = sorted[0];
                     if is_ready(pod) {
                         ready += 1;
@@ -393,26 +420,28 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, key: &str) -> Result<Action, Error> {
         );
     }
 
-    // Rolling update: replace old pods, never more than maxUnavailable nodes at once.
-    let rolling = ds
-        .spec
-        .update_strategy
-        .as_ref()
-        .and_then(|s| s.type_.as_deref())
-        .unwrap_or("RollingUpdate")
-        == "RollingUpdate";
-    if rolling {
-        let max_unavailable = scaled_value(
-            ds.spec
-                .update_strategy
-                .as_ref()
-                .and_then(|s| s.rolling_update.as_ref())
-                .and_then(|r| r.max_unavailable.as_ref()),
-            desired,
-            true,
-            1,
-        )
-        .max(1);
+    if rolling_update.is_some() && max_surge > 0 {
+        // Rolling update with maxSurge (upstream's surge path): a new pod starts beside
+        // the old one at once where the old one is unavailable, and beside available old
+        // ones on at most maxSurge nodes at a time; the old pod goes once the new one is
+        // available (above). Nothing is ever unavailable on purpose.
+        let mut in_flight = 0;
+        let mut replace_now = Vec::new();
+        let mut candidates = Vec::new();
+        for (node, old, new) in &surging {
+            match (old, new) {
+                (Some(_), Some(_)) => in_flight += 1,
+                (Some(o), None) if !is_available(o, min_ready, now) => replace_now.push(node.clone()),
+                (Some(_), None) => candidates.push(node.clone()),
+                (None, _) => {}
+            }
+        }
+        let room = usize::try_from((max_surge - in_flight).max(0)).unwrap_or(0);
+        to_create.extend(replace_now);
+        to_create.extend(candidates.into_iter().take(room));
+    } else if let Some(r) = &rolling_update {
+        // Rolling update: replace old pods, never more than maxUnavailable nodes at once.
+        let max_unavailable = scaled_value(r.max_unavailable.as_ref(), desired, true, 1).max(1);
         let mut budget = max_unavailable - unavailable_nodes;
         let mut old: Vec<&Arc<Pod>> = live
             .iter()
@@ -438,6 +467,30 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, key: &str) -> Result<Action, Error> {
             labels.insert(GENERATION_LABEL.to_owned(), g.to_string());
         }
         let base: String = ds.name_any().chars().take(57).collect();
+        // Deletions first: an old daemon that goes in this sync (its replacement is
+        // available) never overlaps the next node's surge pod.
+        let mut seen = std::collections::HashSet::new();
+        for pod in to_delete {
+            if pod.metadata.deletion_timestamp.is_some() || !seen.insert(pod.metadata.uid.clone()) {
+                continue;
+            }
+            match delete_pod(&pod_api, &ctx.expectations, key, &pod).await {
+                Ok(()) => {
+                    METRICS.write("daemonset", "delete_pod");
+                    ctx.recorder
+                        .record(
+                            &reference,
+                            EventType::Normal,
+                            "SuccessfulDelete",
+                            &format!("Deleted pod: {}", pod.name_any()),
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    manage_err.get_or_insert(e);
+                }
+            }
+        }
         for node in &to_create {
             let pod = pod_from_template(
                 &template_for_node(template, node),
@@ -468,28 +521,6 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, key: &str) -> Result<Action, Error> {
                             &format!("Error creating: {e}"),
                         )
                         .await;
-                    manage_err.get_or_insert(e);
-                }
-            }
-        }
-        let mut seen = std::collections::HashSet::new();
-        for pod in to_delete {
-            if pod.metadata.deletion_timestamp.is_some() || !seen.insert(pod.metadata.uid.clone()) {
-                continue;
-            }
-            match delete_pod(&pod_api, &ctx.expectations, key, &pod).await {
-                Ok(()) => {
-                    METRICS.write("daemonset", "delete_pod");
-                    ctx.recorder
-                        .record(
-                            &reference,
-                            EventType::Normal,
-                            "SuccessfulDelete",
-                            &format!("Deleted pod: {}", pod.name_any()),
-                        )
-                        .await;
-                }
-                Err(e) => {
                     manage_err.get_or_insert(e);
                 }
             }

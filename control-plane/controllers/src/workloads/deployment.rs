@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coxswain_runtime::events::{EventType, Recorder, object_ref};
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
@@ -23,7 +22,7 @@ use tracing::{debug, info};
 
 use super::Error;
 use super::common::{
-    self, ErrorBackoff, METRICS, SpecOpt, api_err, claim, controller_of, is_active, is_terminating,
+    self, METRICS, SpecOpt, api_err, claim, controller_of, is_active, is_terminating,
     key_of, owner_ref, reflect, scaled_value, selector_of, selects, template_hash, wait_synced,
 };
 
@@ -50,7 +49,6 @@ struct Ctx {
     metrics: Arc<crate::Metrics>,
     sets: Store<ReplicaSet>,
     pods: Store<Pod>,
-    backoff: ErrorBackoff,
     recorder: Recorder,
 }
 
@@ -66,25 +64,19 @@ pub async fn run_deployment(ctx: crate::Context) -> Result<(), Error> {
         client,
         sets: sets.clone(),
         pods,
-        backoff: ErrorBackoff::default(),
     });
     let d_for_rs = deployments.clone();
     let sets_for_pods = sets.clone();
-    Controller::for_stream(d_stream, deployments)
+    let metrics = ctx.metrics.clone();
+    let controller = Controller::for_stream(d_stream, deployments)
         .watches_stream(rs_stream, move |rs: ReplicaSet| rs_owners(&d_for_rs, &rs))
         .watches_stream(pod_stream, move |pod: Pod| {
             // A pod matters to its ReplicaSet's Deployment (Recreate waits for old pods).
             let rs = common::owner_refs_of::<ReplicaSet>(&pod.metadata)?;
             let rs = sets_for_pods.get(&rs)?;
             common::owner_refs_of::<Deployment>(&rs.metadata)
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                debug!(error = %e, "deployment controller event");
-            }
-        })
-        .await;
+        });
+    crate::reconciler::run(controller, "deployment", metrics, ctx, reconcile).await;
     Ok(())
 }
 
@@ -108,18 +100,11 @@ fn rs_owners(deployments: &Store<Deployment>, rs: &ReplicaSet) -> Vec<ObjectRef<
         .collect()
 }
 
-fn error_policy(d: Arc<Deployment>, _err: &Error, ctx: Arc<Ctx>) -> Action {
-    Action::requeue(ctx.backoff.next(&key_of(&*d)))
-}
-
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let key = key_of(&*d);
-    common::instrumented(&ctx.metrics, "deployment", &key, &ctx.backoff, async {
-        wait_synced(&ctx.sets, "replicaset").await?;
-        wait_synced(&ctx.pods, "pod").await?;
-        Sync::new(&ctx, &d, &key)?.run().await
-    })
-    .await
+    wait_synced(&ctx.sets, "replicaset").await?;
+    wait_synced(&ctx.pods, "pod").await?;
+    Sync::new(&ctx, &d, &key)?.run().await
 }
 
 fn revision(rs: &ReplicaSet) -> i64 {
@@ -299,8 +284,10 @@ impl<'a> Sync<'a> {
                 .and_then(|s| s.template.as_ref())
                 .is_some_and(|t| without_hash(t) == template)
         });
-        if self.paused() {
-            self.scale_paused(&mut sets, new_idx).await?;
+        // Paused, or scaled since the ReplicaSets were last sized: size them (upstream's
+        // `sync`), no rollout step.
+        if self.paused() || self.is_scaling_event(&sets) {
+            self.scale_proportionally(&mut sets, new_idx).await?;
             return self.write_status(&sets, new_idx).await;
         }
         if self.is_recreate() {
@@ -615,9 +602,22 @@ impl<'a> Sync<'a> {
         Ok(from != to)
     }
 
-    /// While paused: no new ReplicaSet, but `spec.replicas` still applies to the newest
-    /// active one (upstream scales proportionally; one active set is the common case).
-    async fn scale_paused(
+    /// Whether `spec.replicas` changed since an active ReplicaSet was last sized (its
+    /// `desired-replicas` annotation differs): upstream's `isScalingEvent`.
+    fn is_scaling_event(&self, sets: &[ReplicaSet]) -> bool {
+        let desired = self.replicas.to_string();
+        sets.iter()
+            .filter(|rs| spec_replicas(rs) > 0)
+            .filter_map(|rs| rs.annotations().get(DESIRED_REPLICAS))
+            .any(|d| *d != desired)
+    }
+
+    /// Upstream's `scale`: one active ReplicaSet (or none: the newest) takes
+    /// `spec.replicas`; a saturated new one leaves the old ones at zero; otherwise, for a
+    /// rolling Deployment, the replicas added or removed are shared among the active
+    /// ReplicaSets in proportion to their sizes, each against the `max-replicas` it was
+    /// last sized for (deployment-proportional-scaling).
+    async fn scale_proportionally(
         &mut self,
         sets: &mut [ReplicaSet],
         new_idx: Option<usize>,
@@ -625,15 +625,53 @@ impl<'a> Sync<'a> {
         let active: Vec<usize> = (0..sets.len())
             .filter(|i| spec_replicas(&sets[*i]) > 0)
             .collect();
-        let target = match (active.as_slice(), new_idx) {
-            ([], Some(i)) => Some(i),
-            ([only], _) => Some(*only),
+        let single = match active.as_slice() {
+            // No active set: the new one, else the newest (sets are oldest first).
+            [] => new_idx.or(sets.len().checked_sub(1)),
+            [only] => Some(*only),
             _ => None,
         };
-        if let Some(i) = target {
-            self.scale(&mut sets[i], self.replicas).await?;
+        if let Some(i) = single {
+            if spec_replicas(&sets[i]) != self.replicas {
+                self.scale(&mut sets[i], self.replicas).await?;
+            }
+            return Ok(());
+        }
+        if let Some(new) = new_idx
+            && self.saturated(&sets[new])
+        {
+            for i in active.into_iter().filter(|i| *i != new) {
+                self.scale(&mut sets[i], 0).await?;
+            }
+            return Ok(());
+        }
+        if self.is_recreate() {
+            return Ok(());
+        }
+        let sizes: Vec<(usize, i32)> = active.iter().map(|&i| (i, spec_replicas(&sets[i]))).collect();
+        let status_replicas = self.d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let annotated: Vec<Option<i32>> = active
+            .iter()
+            .map(|&i| sets[i].annotations().get(MAX_REPLICAS).and_then(|m| m.parse().ok()))
+            .collect();
+        for (i, to) in proportional_sizes(
+            &sizes,
+            &annotated,
+            self.replicas,
+            self.max_surge,
+            status_replicas,
+        ) {
+            self.scale(&mut sets[i], to).await?;
         }
         Ok(())
+    }
+
+    /// Upstream's `IsSaturated`: the ReplicaSet was sized for, has and makes available
+    /// exactly `spec.replicas`.
+    fn saturated(&self, rs: &ReplicaSet) -> bool {
+        rs.annotations().get(DESIRED_REPLICAS) == Some(&self.replicas.to_string())
+            && spec_replicas(rs) == self.replicas
+            && available_replicas(rs) == self.replicas
     }
 
     async fn rollout_rolling(
@@ -984,6 +1022,58 @@ fn status_value(s: &DeploymentStatus) -> serde_json::Value {
 
 /// maxSurge (rounded up) and maxUnavailable (rounded down) of a RollingUpdate, with
 /// upstream's rule that both cannot be zero. Recreate: no surge, everything unavailable.
+/// The new sizes of the active ReplicaSets `sizes` (index, `spec.replicas`, oldest first)
+/// when a Deployment now wants `replicas` with `max_surge`: upstream's proportional
+/// scaling. `annotated[k]` is the `max-replicas` set `k` was last sized for (missing:
+/// the Deployment's `status.replicas`). The difference to `replicas + max_surge` is
+/// shared by each set's fraction, largest sets first (newer first when growing, older
+/// first when shrinking), the rounding leftover going to the first.
+fn proportional_sizes(
+    sizes: &[(usize, i32)],
+    annotated: &[Option<i32>],
+    replicas: i32,
+    max_surge: i32,
+    status_replicas: i32,
+) -> Vec<(usize, i32)> {
+    let total: i32 = sizes.iter().map(|(_, n)| n).sum();
+    let allowed = if replicas > 0 { replicas + max_surge } else { 0 };
+    let to_add = allowed - total;
+    // Positions in `sizes`, by size descending; ties: newer first up, older first down.
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by(|&a, &b| {
+        sizes[b].1.cmp(&sizes[a].1).then(if to_add > 0 { b.cmp(&a) } else { a.cmp(&b) })
+    });
+    let mut added = 0;
+    let mut out: Vec<(usize, i32)> = Vec::with_capacity(sizes.len());
+    for &k in &order {
+        let (idx, size) = sizes[k];
+        let mut proportion = 0;
+        if to_add != 0 && size != 0 && to_add != added {
+            let fraction = if replicas == 0 {
+                -size
+            } else {
+                let before = annotated[k].filter(|m| *m != 0).unwrap_or(status_replicas);
+                if before == 0 {
+                    0
+                } else {
+                    let scaled = f64::from(size) * f64::from(allowed) / f64::from(before);
+                    scaled.round() as i32 - size
+                }
+            };
+            let room = to_add - added;
+            proportion = if to_add > 0 { fraction.min(room) } else { fraction.max(room) };
+        }
+        added += proportion;
+        out.push((idx, size + proportion));
+    }
+    if to_add != 0
+        && let Some(first) = out.first_mut()
+    {
+        first.1 = (first.1 + to_add - added).max(0);
+    }
+    out
+}
+
 fn resolve_fenceposts(d: &Deployment, replicas: i32) -> (i32, i32) {
     let strategy = Some(&d.spec).and_then(|s| s.strategy.as_ref());
     if strategy.and_then(|s| s.type_.as_deref()) == Some("Recreate") {
@@ -1028,6 +1118,30 @@ mod tests {
             },
             ..Deployment::default()
         }
+    }
+
+    #[test]
+    fn proportional_scaling_shares_the_difference_as_upstream() {
+        // Upstream's e2e case: 10 replicas, maxSurge 3, a stalled rollout with the old set
+        // at 8 and the new at 5 (both sized for 13), scaled to 30: 20 and 13.
+        let sizes = [(0, 8), (1, 5)];
+        let sized_for = [Some(13), Some(13)];
+        assert_eq!(proportional_sizes(&sizes, &sized_for, 30, 3, 13), vec![(0, 20), (1, 13)]);
+        // Back down to 10 (+3): the larger, older set gives the most; the total is 13.
+        let sizes = [(0, 20), (1, 13)];
+        let sized_for = [Some(33), Some(33)];
+        let down = proportional_sizes(&sizes, &sized_for, 10, 3, 33);
+        assert_eq!(down, vec![(0, 8), (1, 5)]);
+        // Equal sizes growing: the newer one gets the rounding leftover.
+        let up = proportional_sizes(&[(0, 1), (1, 1)], &[Some(2), Some(2)], 3, 0, 2);
+        assert_eq!(up.iter().map(|(_, n)| n).sum::<i32>(), 3);
+        assert_eq!(up[0], (1, 2), "{up:?}");
+        // To zero: every set goes.
+        let zero = proportional_sizes(&[(0, 4), (1, 2)], &[Some(6), Some(6)], 0, 1, 6);
+        assert!(zero.iter().all(|(_, n)| *n == 0), "{zero:?}");
+        // Without the annotation (a hand-scaled set), the status replicas stand in.
+        let fallback = proportional_sizes(&[(0, 6), (1, 4)], &[None, None], 20, 0, 10);
+        assert_eq!(fallback, vec![(0, 12), (1, 8)]);
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! The Job controller: runs pods until `completions` succeed (`parallelism` at a time),
 //! retries failures with exponential backoff up to `backoffLimit`, enforces
 //! `activeDeadlineSeconds`, and reports counts, times and the Complete/Failed conditions.
+//!
+//! `completionMode: Indexed`: each of `completions` indexes gets its own pod, named
+//! `<job>-<index>-<suffix>`, with the index in the `batch.kubernetes.io/job-completion-index`
+//! annotation and label, the `JOB_COMPLETION_INDEX` environment variable (a downward-API
+//! reference to that annotation) and the hostname `<job>-<index>`; the Job completes when
+//! every index has a succeeded pod, listed in `status.completedIndexes` ("0-2,4").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use coxswain_runtime::events::{EventType, Recorder, object_ref};
-use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
@@ -21,7 +26,7 @@ use tracing::{debug, info};
 
 use super::Error;
 use super::common::{
-    self, BURST, ErrorBackoff, Expectations, METRICS, claim, controller_of, create_pod, delete_pod,
+    self, BURST, Expectations, METRICS, claim, controller_of, create_pod, delete_pod,
     is_active, is_ready, is_terminating, key_of, owner_ref, pod_from_template, random_suffix,
     reflect, reflect_owners, selector_of, selects, slow_start, wait_synced,
 };
@@ -30,6 +35,10 @@ const COMPONENT: &str = "job-controller";
 /// Labels every Job pod carries (the API server also puts them in generated templates).
 pub(crate) const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 pub(crate) const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+/// Annotation and label of an Indexed Job's pod: its completion index.
+pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+/// The environment variable an Indexed Job's containers find their index in.
+const COMPLETION_INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
 
 /// Settings of the Job controller.
 #[derive(Debug, Clone)]
@@ -55,7 +64,6 @@ struct Ctx {
     metrics: Arc<crate::Metrics>,
     pods: Store<Pod>,
     expectations: Arc<Expectations>,
-    backoff: ErrorBackoff,
     recorder: Recorder,
     options: JobOptions,
 }
@@ -78,36 +86,20 @@ pub async fn run_job_with(ctx: crate::Context, options: JobOptions) -> Result<()
         client,
         pods,
         expectations,
-        backoff: ErrorBackoff::default(),
         options,
     });
-    Controller::for_stream(job_stream, jobs)
+    let metrics = ctx.metrics.clone();
+    let controller = Controller::for_stream(job_stream, jobs)
         .watches_stream(pod_stream, |pod: Pod| {
             common::owner_refs_of::<Job>(&pod.metadata)
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                debug!(error = %e, "job controller event");
-            }
-        })
-        .await;
+        });
+    crate::reconciler::run(controller, "job", metrics, ctx, reconcile).await;
     Ok(())
-}
-
-fn error_policy(job: Arc<Job>, _err: &Error, ctx: Arc<Ctx>) -> Action {
-    Action::requeue(ctx.backoff.next(&key_of(&*job)))
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let key = key_of(&*job);
-    common::instrumented(
-        &ctx.metrics,
-        "job",
-        &key,
-        &ctx.backoff,
-        sync(&job, &ctx, &key),
-    )
+    sync(&job, &ctx, &key)
     .await
 }
 
@@ -172,11 +164,35 @@ async fn sync(job: &Job, ctx: &Ctx, key: &str) -> Result<Action, Error> {
         })
         .collect();
     let pods = claim(&pod_api, job, &selector, candidates).await?;
-    let active: Vec<&Arc<Pod>> = pods.iter().filter(|p| is_active(p)).collect();
-    let succeeded = pods
-        .iter()
-        .filter(|p| common::phase(p) == "Succeeded")
-        .count();
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+    let completions = spec.completions.unwrap_or(0).max(0);
+    let mut active: Vec<&Arc<Pod>> = pods.iter().filter(|p| is_active(p)).collect();
+    // Indexed: the indexes with a succeeded pod (never forgotten, as the counts below),
+    // and active pods that duplicate an index, hold a finished or invalid one: extra.
+    let mut completed: BTreeSet<i32> = BTreeSet::new();
+    let mut extra_indexed: Vec<&Arc<Pod>> = Vec::new();
+    if indexed {
+        completed = parse_indexes(old.completed_indexes.as_deref().unwrap_or(""), completions);
+        completed.extend(
+            pods.iter()
+                .filter(|p| common::phase(p) == "Succeeded")
+                .filter_map(|p| completion_index(p, completions)),
+        );
+        let mut seen = BTreeSet::new();
+        let (keep, extra): (Vec<&Arc<Pod>>, Vec<&Arc<Pod>>) = active.into_iter().partition(|p| {
+            completion_index(p, completions)
+                .is_some_and(|i| !completed.contains(&i) && seen.insert(i))
+        });
+        active = keep;
+        extra_indexed = extra;
+    }
+    let succeeded = if indexed {
+        completed.len()
+    } else {
+        pods.iter()
+            .filter(|p| common::phase(p) == "Succeeded")
+            .count()
+    };
     let failed_pods: Vec<&Arc<Pod>> = pods
         .iter()
         .filter(|p| common::phase(p) == "Failed")
@@ -228,9 +244,16 @@ async fn sync(job: &Job, ctx: &Ctx, key: &str) -> Result<Action, Error> {
 
     let mut requeue = None;
     let mut manage_err = None;
+    for pod in &extra_indexed {
+        if finished.is_none() && !suspended && ctx.expectations.satisfied(key) {
+            debug!(job = key, pod = %pod.name_any(), "deleting a pod of a duplicate or finished index");
+            delete_pod(&pod_api, &ctx.expectations, key, pod).await?;
+            METRICS.write("job", "delete_pod");
+        }
+    }
     if let Some((type_, reason, message)) = finished {
         // Nothing more runs: stop what is left.
-        for pod in &active {
+        for pod in active.iter().chain(&extra_indexed) {
             delete_pod(&pod_api, &ctx.expectations, key, pod).await?;
             METRICS.write("job", "delete_pod");
             ctx.recorder
@@ -269,7 +292,7 @@ async fn sync(job: &Job, ctx: &Ctx, key: &str) -> Result<Action, Error> {
         }
         info!(job = key, outcome = type_, reason, "job finished");
     } else if suspended {
-        for pod in &active {
+        for pod in active.iter().chain(&extra_indexed) {
             delete_pod(&pod_api, &ctx.expectations, key, pod).await?;
         }
     } else if ctx.expectations.satisfied(key) {
@@ -298,14 +321,33 @@ async fn sync(job: &Job, ctx: &Ctx, key: &str) -> Result<Action, Error> {
             if let Some(wait) = wait {
                 debug!(job = key, ?wait, "backing off before replacing failed pods");
                 requeue = Some(wait);
-            } else if let Err(e) =
-                create_pods(job, ctx, key, &pod_api, (want - active.len()).min(BURST)).await
-            {
-                manage_err = Some(e);
+            } else {
+                let n = (want - active.len()).min(BURST);
+                let indexes: Vec<Option<i32>> = if indexed {
+                    let running: BTreeSet<i32> = active
+                        .iter()
+                        .filter_map(|p| completion_index(p, completions))
+                        .collect();
+                    (0..completions)
+                        .filter(|i| !completed.contains(i) && !running.contains(i))
+                        .take(n)
+                        .map(Some)
+                        .collect()
+                } else {
+                    vec![None; n]
+                };
+                if let Err(e) = create_pods(job, ctx, key, &pod_api, indexes).await {
+                    manage_err = Some(e);
+                }
             }
         } else if active.len() > want {
             let mut extra = active.clone();
-            extra.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
+            if indexed {
+                // Upstream keeps the lowest indexes when parallelism shrinks.
+                extra.sort_by_key(|p| std::cmp::Reverse(completion_index(p, completions)));
+            } else {
+                extra.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
+            }
             for pod in extra.into_iter().take(active.len() - want) {
                 delete_pod(&pod_api, &ctx.expectations, key, pod).await?;
                 METRICS.write("job", "delete_pod");
@@ -324,10 +366,13 @@ async fn sync(job: &Job, ctx: &Ctx, key: &str) -> Result<Action, Error> {
     status.active = Some(if finished.is_some() {
         0
     } else {
-        i32::try_from(active.len()).unwrap_or(i32::MAX)
+        i32::try_from(active.len() + extra_indexed.len()).unwrap_or(i32::MAX)
     });
     status.succeeded = Some(succeeded);
     status.failed = Some(failed);
+    if indexed {
+        status.completed_indexes = Some(format_indexes(&completed));
+    }
     status.ready = Some(i32::try_from(active.iter().filter(|p| is_ready(p)).count()).unwrap_or(0));
     status.terminating =
         Some(i32::try_from(pods.iter().filter(|p| is_terminating(p)).count()).unwrap_or(0));
@@ -367,19 +412,110 @@ fn status_value(s: &JobStatus) -> serde_json::Value {
         "failed": nz(s.failed),
         "ready": s.ready,
         "terminating": s.terminating,
+        "completedIndexes": s.completed_indexes,
         "startTime": s.start_time,
         "completionTime": s.completion_time,
         "conditions": s.conditions,
     })
 }
 
+/// The completion index of an Indexed Job's pod (its annotation), if valid for
+/// `completions`.
+fn completion_index(pod: &Pod, completions: i32) -> Option<i32> {
+    pod.annotations()
+        .get(COMPLETION_INDEX)
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|i| (0..completions).contains(i))
+}
+
+/// `status.completedIndexes` ("1,3-5,7"): sorted, consecutive runs as intervals.
+fn format_indexes(indexes: &BTreeSet<i32>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut run: Option<(i32, i32)> = None;
+    for &i in indexes {
+        run = match run {
+            Some((a, b)) if i == b + 1 => Some((a, i)),
+            Some((a, b)) => {
+                parts.push(if a == b { a.to_string() } else { format!("{a}-{b}") });
+                Some((i, i))
+            }
+            None => Some((i, i)),
+        };
+    }
+    if let Some((a, b)) = run {
+        parts.push(if a == b { a.to_string() } else { format!("{a}-{b}") });
+    }
+    parts.join(",")
+}
+
+/// Parses `status.completedIndexes`, keeping the indexes below `completions`.
+fn parse_indexes(text: &str, completions: i32) -> BTreeSet<i32> {
+    let mut out = BTreeSet::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<i32>(), b.parse::<i32>()),
+            None => (part.parse::<i32>(), part.parse::<i32>()),
+        };
+        if let (Ok(a), Ok(b)) = (a, b) {
+            out.extend((a.max(0)..=b.min(completions - 1)).filter(|i| *i >= a));
+        }
+    }
+    out
+}
+
+/// An Indexed Job's pod template for `index`: the annotation and label, the hostname
+/// (unless the template sets one) and `JOB_COMPLETION_INDEX` in every container that
+/// does not define it, as upstream's Job controller adds them.
+fn indexed_pod(mut pod: Pod, job_name: &str, index: i32) -> Pod {
+    let value = index.to_string();
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(COMPLETION_INDEX.to_owned(), value.clone());
+    pod.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(COMPLETION_INDEX.to_owned(), value);
+    if let Some(spec) = pod.spec.as_mut() {
+        if spec.hostname.as_deref().is_none_or(str::is_empty) {
+            spec.hostname = Some(format!("{job_name}-{index}"));
+        }
+        let env = k8s_openapi::api::core::v1::EnvVar {
+            name: COMPLETION_INDEX_ENV.to_owned(),
+            value: None,
+            value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+                field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                    api_version: Some("v1".to_owned()),
+                    field_path: format!("metadata.annotations['{COMPLETION_INDEX}']"),
+                }),
+                ..Default::default()
+            }),
+        };
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            let vars = c.env.get_or_insert_with(Vec::new);
+            if !vars.iter().any(|v| v.name == COMPLETION_INDEX_ENV) {
+                vars.push(env.clone());
+            }
+        }
+    }
+    pod
+}
+
+/// Creates one pod per entry of `indexes` (`Some(i)`: the pod of index `i` of an Indexed
+/// Job), in slow-start batches.
 async fn create_pods(
     job: &Job,
     ctx: &Ctx,
     key: &str,
     pod_api: &Api<Pod>,
-    n: usize,
+    indexes: Vec<Option<i32>>,
 ) -> Result<(), Error> {
+    let n = indexes.len();
+    let mut next = indexes.into_iter();
     let spec = job.spec.clone().unwrap_or_default();
     let ns = job.namespace().unwrap_or_default();
     let name = job.name_any();
@@ -395,13 +531,20 @@ async fn create_pods(
     let reference = object_ref(job);
     info!(job = key, creating = n, "creating pods");
     let (_, err) = slow_start(n, || {
-        let pod = pod_from_template(
-            &spec.template,
-            &format!("{base}-{}", random_suffix(5)),
-            &ns,
-            owner.clone(),
-            &labels,
-        );
+        let index = next.next().flatten();
+        let pod_name = match index {
+            // Upstream's `<job>-<index>-` generated name, the job name cut to fit.
+            Some(i) => {
+                let prefix: String = name.chars().take(57 - i.to_string().len()).collect();
+                format!("{prefix}-{i}-{}", random_suffix(5))
+            }
+            None => format!("{base}-{}", random_suffix(5)),
+        };
+        let pod = pod_from_template(&spec.template, &pod_name, &ns, owner.clone(), &labels);
+        let pod = match index {
+            Some(i) => indexed_pod(pod, &name, i),
+            None => pod,
+        };
         let reference = reference.clone();
         async move {
             let created = create_pod(pod_api, &ctx.expectations, key, &pod).await?;
@@ -430,4 +573,50 @@ async fn create_pods(
         return Err(e);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completed_indexes_read_and_write_as_intervals() {
+        let table = [
+            (vec![], ""),
+            (vec![0], "0"),
+            (vec![0, 1, 2], "0-2"),
+            (vec![1, 3, 4, 5, 7], "1,3-5,7"),
+        ];
+        for (set, text) in table {
+            let set: BTreeSet<i32> = set.into_iter().collect();
+            assert_eq!(format_indexes(&set), text);
+            assert_eq!(parse_indexes(text, 10), set, "{text}");
+        }
+        // Indexes past `completions` (the Job was changed) and garbage are dropped.
+        assert_eq!(parse_indexes("2-5,x,9", 4), BTreeSet::from([2, 3]));
+    }
+
+    #[test]
+    fn indexed_pods_carry_their_index_everywhere_upstream_puts_it() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [
+                {"name": "a", "image": "i"},
+                {"name": "b", "image": "i", "env": [{"name": "JOB_COMPLETION_INDEX", "value": "mine"}]},
+            ]},
+        }))
+        .unwrap();
+        let pod = indexed_pod(pod, "work", 3);
+        assert_eq!(pod.annotations().get(COMPLETION_INDEX).map(String::as_str), Some("3"));
+        assert_eq!(pod.labels().get(COMPLETION_INDEX).map(String::as_str), Some("3"));
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("work-3"));
+        let env = |c: usize| spec.containers[c].env.clone().unwrap_or_default();
+        let field = env(0)[0].value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path.clone();
+        assert_eq!(field, "metadata.annotations['batch.kubernetes.io/job-completion-index']");
+        assert_eq!(env(1).len(), 1, "a container's own JOB_COMPLETION_INDEX stays");
+        assert_eq!(env(1)[0].value.as_deref(), Some("mine"));
+        assert_eq!(completion_index(&pod, 4), Some(3));
+        assert_eq!(completion_index(&pod, 3), None, "out of range");
+    }
 }

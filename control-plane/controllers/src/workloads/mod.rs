@@ -3,9 +3,9 @@
 //! Each is a kube-runtime [`Controller`](kube::runtime::Controller) over its kind, fed by
 //! reflectors of the kinds it owns (pods, ReplicaSets, Jobs) whose events also settle
 //! [`common::Expectations`], so a controller never acts twice on a cache that lags behind
-//! its own writes. Failed syncs are requeued with per-object exponential backoff. Every
-//! controller records Events under upstream's component name and writes status through
-//! the `status` subresource.
+//! its own writes. Each runs through `crate::reconciler` (instrumented reconcile, per-object
+//! exponential backoff on failure). Every controller records Events under upstream's
+//! component name and writes status through the `status` subresource.
 
 mod common;
 mod cronjob;

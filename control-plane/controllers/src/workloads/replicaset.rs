@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use coxswain_runtime::events::{EventType, Recorder, object_ref};
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -19,7 +18,7 @@ use tracing::{debug, info};
 
 use super::Error;
 use super::common::{
-    self, BURST, ErrorBackoff, Expectations, METRICS, SpecOpt, claim, controller_of, create_pod,
+    self, BURST, Expectations, METRICS, SpecOpt, claim, controller_of, create_pod,
     delete_pod, is_active, is_available, is_ready, is_terminating, key_of, owner_ref,
     pod_from_template, random_suffix, ready_since, reflect, reflect_owners, selector_of, selects,
     slow_start, until_available, wait_synced,
@@ -32,7 +31,6 @@ struct Ctx {
     metrics: Arc<crate::Metrics>,
     pods: Store<Pod>,
     expectations: Arc<Expectations>,
-    backoff: ErrorBackoff,
     recorder: Recorder,
 }
 
@@ -50,18 +48,12 @@ pub async fn run_replicaset(ctx: crate::Context) -> Result<(), Error> {
         client,
         pods,
         expectations,
-        backoff: ErrorBackoff::default(),
     });
     let sets_for_pods = sets.clone();
-    Controller::for_stream(set_stream, sets)
-        .watches_stream(pod_stream, move |pod: Pod| pod_owners(&sets_for_pods, &pod))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                debug!(error = %e, "replicaset controller event");
-            }
-        })
-        .await;
+    let metrics = ctx.metrics.clone();
+    let controller = Controller::for_stream(set_stream, sets)
+        .watches_stream(pod_stream, move |pod: Pod| pod_owners(&sets_for_pods, &pod));
+    crate::reconciler::run(controller, "replicaset", metrics, ctx, reconcile).await;
     Ok(())
 }
 
@@ -85,19 +77,9 @@ fn pod_owners(sets: &Store<ReplicaSet>, pod: &Pod) -> Vec<ObjectRef<ReplicaSet>>
         .collect()
 }
 
-fn error_policy(rs: Arc<ReplicaSet>, _err: &Error, ctx: Arc<Ctx>) -> Action {
-    Action::requeue(ctx.backoff.next(&key_of(&*rs)))
-}
-
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let key = key_of(&*rs);
-    common::instrumented(
-        &ctx.metrics,
-        "replicaset",
-        &key,
-        &ctx.backoff,
-        sync(&rs, &ctx, &key),
-    )
+    sync(&rs, &ctx, &key)
     .await
 }
 

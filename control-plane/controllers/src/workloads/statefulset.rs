@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use coxswain_runtime::events::{EventType, Recorder, object_ref};
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -15,11 +14,11 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::Error;
 use super::common::{
-    self, ErrorBackoff, Expectations, METRICS, claim, controller_of, delete_pod, ensure_revision,
+    self, Expectations, METRICS, claim, controller_of, delete_pod, ensure_revision,
     is_active, is_available, is_ready, is_terminating, key_of, owner_ref, pod_from_template,
     reflect, reflect_owners, selector_of, selects, until_available, wait_synced,
 };
@@ -36,7 +35,6 @@ struct Ctx {
     pods: Store<Pod>,
     revisions: Store<ControllerRevision>,
     expectations: Arc<Expectations>,
-    backoff: ErrorBackoff,
     recorder: Recorder,
 }
 
@@ -58,21 +56,15 @@ pub async fn run_statefulset(ctx: crate::Context) -> Result<(), Error> {
         pods,
         revisions,
         expectations,
-        backoff: ErrorBackoff::default(),
     });
     let sets_for_pods = sets.clone();
-    Controller::for_stream(sts_stream, sets)
+    let metrics = ctx.metrics.clone();
+    let controller = Controller::for_stream(sts_stream, sets)
         .watches_stream(pod_stream, move |pod: Pod| pod_owners(&sets_for_pods, &pod))
         .watches_stream(rev_stream, |r: ControllerRevision| {
             common::owner_refs_of::<StatefulSet>(&r.metadata)
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                debug!(error = %e, "statefulset controller event");
-            }
-        })
-        .await;
+        });
+    crate::reconciler::run(controller, "statefulset", metrics, ctx, reconcile).await;
     Ok(())
 }
 
@@ -94,19 +86,9 @@ fn pod_owners(sets: &Store<StatefulSet>, pod: &Pod) -> Vec<ObjectRef<StatefulSet
         .collect()
 }
 
-fn error_policy(sts: Arc<StatefulSet>, _err: &Error, ctx: Arc<Ctx>) -> Action {
-    Action::requeue(ctx.backoff.next(&key_of(&*sts)))
-}
-
 async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let key = key_of(&*sts);
-    common::instrumented(
-        &ctx.metrics,
-        "statefulset",
-        &key,
-        &ctx.backoff,
-        sync(&sts, &ctx, &key),
-    )
+    sync(&sts, &ctx, &key)
     .await
 }
 

@@ -4,11 +4,14 @@
 //! kubelets) it starts the scheduler, creates 10,000 pods (`--quick`: 2,000, on 100 and
 //! 1,000 nodes) from 64 concurrent clients, and watches them get bound. It prints progress
 //! every second, then pods/s end to end (first create sent to last binding seen), the
-//! creation rate alone, p50/p99 of creation-to-bound latency, and where the scheduler's
-//! time went (its own metrics: algorithm time per pod, attempts).
+//! creation rate alone, p50/p99 of creation-to-bound latency, and where the time went:
+//! the scheduler's own metrics (algorithm time per pod), the CPU this process spent per
+//! pod (and the store's writer thread's share), how busy the machine was, and from these
+//! what bounds the figure.
 //!
 //! Everything (API server with its store, scheduler, load) shares this process and the
-//! machine's cores, as a single-node control plane would.
+//! machine's cores, as a single-node control plane would; other work on the machine
+//! competes for them, hence the load average and machine-wide CPU figures beside each run.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -107,6 +110,66 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// CPU time (seconds) of this process's threads and of the whole machine, from /proc.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSample {
+    /// Every thread of this process.
+    process: f64,
+    /// The embedded store's writer thread (group commits, fsync).
+    store_writer: f64,
+    /// The machine: busy and total CPU seconds over all cores (from /proc/stat).
+    machine_busy: f64,
+    machine_total: f64,
+}
+
+/// Clock ticks of /proc's CPU times (USER_HZ, 100 on Linux).
+const TICKS: f64 = 100.0;
+
+fn cpu_sample() -> CpuSample {
+    let mut sample = CpuSample::default();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = &stat[open + 1..close];
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+            let cpu = (ticks(11) + ticks(12)) / TICKS;
+            sample.process += cpu;
+            if comm == "store-writer" {
+                sample.store_writer += cpu;
+            }
+        }
+    }
+    if let Some(line) = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_owned))
+    {
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        if v.len() == 8 {
+            let total: f64 = v.iter().sum();
+            sample.machine_total = total / TICKS;
+            sample.machine_busy = (total - v[3] - v[4]) / TICKS;
+        }
+    }
+    sample
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 struct Outcome {
     nodes: usize,
     pods: usize,
@@ -116,6 +179,53 @@ struct Outcome {
     p99: Duration,
     algorithm_mean: Duration,
     attempts: f64,
+    /// Scheduled/FailedScheduling Events the scheduler dropped (its buffer was full).
+    events_dropped: f64,
+    /// CPU seconds over the pod phase: this process, its store writer, and the machine.
+    cpu: CpuSample,
+    load: String,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.pods as f64 / self.end_to_end.as_secs_f64()
+    }
+
+    /// Cores of the machine (from the CPU seconds /proc/stat counted over the run).
+    fn cores(&self) -> f64 {
+        self.cpu.machine_total / self.end_to_end.as_secs_f64()
+    }
+
+    /// Share of one core the scheduling loop (serial: filter, score, assume) was busy.
+    fn scheduler_busy(&self) -> f64 {
+        self.algorithm_mean.as_secs_f64() * self.attempts / self.end_to_end.as_secs_f64()
+    }
+
+    /// What bounds the figure, from the measurements: the serial scheduling loop when it
+    /// was busy most of the time; the CPU when the machine's cores were (nearly) all busy;
+    /// otherwise the latency of the API server's write path (creates and bindings wait on
+    /// the store's group commits).
+    fn bound(&self) -> String {
+        let wall = self.end_to_end.as_secs_f64();
+        let machine = self.cpu.machine_busy / self.cpu.machine_total.max(1e-9);
+        let ours = self.cpu.process / wall;
+        let others = (self.cpu.machine_busy - self.cpu.process).max(0.0) / wall;
+        let sched = self.scheduler_busy();
+        if sched >= 0.8 {
+            format!("the scheduling loop ({:.0}% of a core, serial)", sched * 100.0)
+        } else if machine >= 0.9 {
+            format!(
+                "CPU: {:.0} cores {:.0}% busy, {ours:.2} of them this process, {others:.2} other work",
+                self.cores(),
+                machine * 100.0
+            )
+        } else {
+            format!(
+                "API write latency: {CONCURRENCY} creates in flight, store group commits (CPU {:.0}% busy)",
+                machine * 100.0
+            )
+        }
+    }
 }
 
 async fn run_one(nodes: usize, pods: usize) -> Result<Outcome> {
@@ -178,6 +288,8 @@ async fn run_one(nodes: usize, pods: usize) -> Result<Outcome> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let load = load_average();
+    let cpu0 = cpu_sample();
     let t0 = Instant::now();
     let creating = {
         let (api, created) = (api.clone(), created.clone());
@@ -222,6 +334,16 @@ async fn run_one(nodes: usize, pods: usize) -> Result<Outcome> {
     }
     let creating = creating.await??;
     let end = last_bound.lock().unwrap().context("no pod bound")?;
+    // The progress loop ticks each second: scale the CPU seconds down to the run itself.
+    let cpu1 = cpu_sample();
+    let sampled = t0.elapsed().as_secs_f64();
+    let share = (end - t0).as_secs_f64() / sampled;
+    let cpu = CpuSample {
+        process: (cpu1.process - cpu0.process) * share,
+        store_writer: (cpu1.store_writer - cpu0.store_writer) * share,
+        machine_busy: (cpu1.machine_busy - cpu0.machine_busy) * share,
+        machine_total: (cpu1.machine_total - cpu0.machine_total) * share,
+    };
     scheduler.abort();
     watch.abort();
 
@@ -230,6 +352,7 @@ async fn run_one(nodes: usize, pods: usize) -> Result<Outcome> {
     let sum = metric(&text, "scheduler_scheduling_algorithm_duration_seconds_sum");
     let count = metric(&text, "scheduler_scheduling_algorithm_duration_seconds_count");
     let attempts = metric(&text, "scheduler_schedule_attempts_total");
+    let events_dropped = metric(&text, "scheduler_events_dropped");
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
     lat.sort();
     Ok(Outcome {
@@ -241,6 +364,9 @@ async fn run_one(nodes: usize, pods: usize) -> Result<Outcome> {
         p99: percentile(&lat, 0.99),
         algorithm_mean: Duration::from_secs_f64(if count > 0.0 { sum / count } else { 0.0 }),
         attempts,
+        events_dropped,
+        cpu,
+        load,
     })
 }
 
@@ -254,27 +380,39 @@ async fn main() -> Result<()> {
     }
     println!();
     println!(
-        "{:>6} {:>7} {:>10} {:>12} {:>9} {:>9} {:>12} {:>9}",
-        "nodes", "pods", "pods/s", "create/s", "p50", "p99", "algo/pod", "attempts"
+        "{:>6} {:>7} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7} {:>15}",
+        "nodes", "pods", "pods/s", "create/s", "p50", "p99", "algo/pod", "cpu/pod", "writer", "sched", "ev.drop", "load (1 5 15)"
     );
     for r in &results {
         println!(
-            "{:>6} {:>7} {:>10.0} {:>12.0} {:>7.0}ms {:>7.0}ms {:>10.0}µs {:>9.0}",
+            "{:>6} {:>7} {:>8.0} {:>9.0} {:>6.0}ms {:>6.0}ms {:>7.0}µs {:>7.0}µs {:>7.0}µs {:>6.0}% {:>7.0} {:>15}",
             r.nodes,
             r.pods,
-            r.pods as f64 / r.end_to_end.as_secs_f64(),
+            r.rate(),
             r.pods as f64 / r.creating.as_secs_f64(),
             r.p50.as_secs_f64() * 1e3,
             r.p99.as_secs_f64() * 1e3,
             r.algorithm_mean.as_secs_f64() * 1e6,
-            r.attempts,
+            r.cpu.process / r.pods as f64 * 1e6,
+            r.cpu.store_writer / r.pods as f64 * 1e6,
+            r.scheduler_busy() * 100.0,
+            r.events_dropped,
+            r.load,
         );
+    }
+    println!();
+    for r in &results {
+        println!("{:>6} nodes: bound by {}", r.nodes, r.bound());
     }
     println!();
     println!(
         "pods/s: first create sent to last binding seen; create/s: the creating clients alone \
          ({CONCURRENCY} in flight); p50/p99: create sent to binding seen through a watch; \
-         algo/pod: the scheduler's filter+score time per pod (its metrics)."
+         algo/pod: the scheduler's filter+score time per pod (its metrics); cpu/pod: CPU time \
+         of this whole process (API server, store, scheduler, clients) per pod, writer: the \
+         store writer thread's part; sched: how busy the serial scheduling loop was; ev.drop: \
+         Events the scheduler dropped (its buffer was full); load: \
+         the machine's load average as the run started."
     );
     Ok(())
 }
