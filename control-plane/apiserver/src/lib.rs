@@ -11,6 +11,7 @@ mod codec;
 mod defaults;
 mod discovery;
 mod handlers;
+mod kubernetes_service;
 mod metrics;
 mod namespaces;
 mod object;
