@@ -165,7 +165,7 @@ pub(crate) fn lease_live(lease: &Value, now: jiff::Timestamp) -> bool {
         return false;
     };
     let duration = lease.pointer("/spec/leaseDurationSeconds").and_then(Value::as_i64).unwrap_or(0);
-    renewed.as_second() + duration > now.as_second()
+    renewed.as_millisecond() + duration.saturating_mul(1000) > now.as_millisecond()
 }
 
 /// How the reconciler is set up.
@@ -207,12 +207,13 @@ impl Reconciler {
                 }
                 tokio::select! {
                     done = &mut stopped => {
+                        // Dropped without `stop` (the server's future was dropped): end as a
+                        // crashed server would, leaving the Lease to expire.
+                        let Ok(done) = done else { return };
                         if let Err(e) = remove_self(&state, &settings).await {
                             warn!(error = %e, "failed to remove this API server from the kubernetes Service's endpoints");
                         }
-                        if let Ok(done) = done {
-                            let _ = done.send(());
-                        }
+                        let _ = done.send(());
                         return;
                     }
                     () = tokio::time::sleep(settings.interval) => {}
@@ -500,6 +501,8 @@ mod tests {
         };
         assert!(lease_live(&lease(999_990, 15), now));
         assert!(!lease_live(&lease(999_985, 15), now));
+        let fraction = json!({"spec": {"renewTime": "1970-01-12T13:46:39.900000Z", "leaseDurationSeconds": 1}});
+        assert!(lease_live(&fraction, now), "renewed 100 ms ago, for a second");
         assert!(!lease_live(&json!({"spec": {}}), now));
     }
 

@@ -132,14 +132,26 @@ impl TestServer {
         config: ServerConfig,
         token_file: &str,
     ) -> Result<TestServer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(store, config, token_file, listener).await
+    }
+
+    /// A server on `listener` (a loopback address; its certificate names it).
+    pub async fn start_on(
+        store: Arc<dyn Store>,
+        config: ServerConfig,
+        token_file: &str,
+        listener: tokio::net::TcpListener,
+    ) -> Result<TestServer> {
+        let addr = listener.local_addr()?;
         let dir = tempfile::tempdir()?;
-        let mut security =
-            Security::load_or_create(&dir.path().join("pki"), SubjectNames::loopback(None))?;
+        let mut names = SubjectNames::loopback(None);
+        let ip = addr.ip().to_string();
+        names.extend([ip.as_str()]);
+        let mut security = Security::load_or_create(&dir.path().join("pki"), names)?;
         security.tokens =
             coxswain_auth::authn::TokenFile::parse(token_file).map_err(anyhow::Error::msg)?;
         let server = ApiServer::new(store, config, security).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let kubeconfig = dir.path().join("admin.kubeconfig");
         std::fs::write(
             &kubeconfig,
