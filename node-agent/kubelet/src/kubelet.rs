@@ -251,12 +251,16 @@ impl Kubelet {
                 .for_each(|_| async {})
                 .await;
         }));
+        // This task is the services store's only waiter: kube-runtime's readiness wakes only
+        // the last task to poll it, so every other wait goes through `listed_rx`.
+        let (listed_tx, mut listed_rx) = tokio::sync::watch::channel(false);
         {
             let store = objects.services.clone();
             let listed = objects.services_listed.clone();
             tasks.push(tokio::spawn(async move {
                 if store.wait_until_ready().await.is_ok() {
                     listed.store(true, std::sync::atomic::Ordering::Release);
+                    let _ = listed_tx.send(true);
                 }
             }));
         }
@@ -277,7 +281,7 @@ impl Kubelet {
         let ready = async {
             let _ = objects.config_maps.wait_until_ready().await;
             let _ = objects.secrets.wait_until_ready().await;
-            let _ = objects.services.wait_until_ready().await;
+            let _ = listed_rx.wait_for(|listed| *listed).await;
         };
         if tokio::time::timeout(Duration::from_secs(30), ready).await.is_err() {
             warn!("ConfigMaps, Secrets and Services are not listed yet; pods that use them wait");
