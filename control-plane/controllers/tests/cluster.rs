@@ -132,6 +132,13 @@ async fn endpoint_slices_and_endpoints_follow_pods() -> Result<()> {
     let _node = cluster
         .add_node(SimNode::new("n1").labels([("topology.kubernetes.io/zone", "zone-a")]))
         .await?;
+    // The API server keeps the `kubernetes` Service's endpoints itself (no selector).
+    let kube_slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let kube_endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let kube_before = (
+        kube_slices.get("kubernetes").await?.resource_version(),
+        kube_endpoints.get("kubernetes").await?.resource_version(),
+    );
     let (ctx, _manager) = start(client.clone(), quick_config(), &["endpointslice", "endpoint"]);
 
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
@@ -215,6 +222,11 @@ async fn endpoint_slices_and_endpoints_follow_pods() -> Result<()> {
     .await
     .context("the Endpoints object lists a and b ready, c not ready")?;
     assert!(endpoints.get_opt("manual").await?.is_none());
+    let kube_after = (
+        kube_slices.get("kubernetes").await?.resource_version(),
+        kube_endpoints.get("kubernetes").await?.resource_version(),
+    );
+    assert_eq!(kube_after, kube_before, "the controllers left the kubernetes Service's endpoints alone");
 
     // Nothing changes: a reconcile writes nothing.
     let before: Vec<(String, String)> = slices

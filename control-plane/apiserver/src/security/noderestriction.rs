@@ -246,7 +246,7 @@ pub(crate) async fn admit_token_request(
         name: Some(name.to_owned()),
         ..coxswain_auth::Attributes::default()
     };
-    if matches!(super::authz::decide(state, user, &attrs).await?, Ok(_)) {
+    if super::authz::decide(state, user, &attrs).await?.is_ok() {
         return Ok(());
     }
     Err(refuse(format!(
