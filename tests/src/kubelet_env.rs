@@ -42,6 +42,15 @@ pub struct EnvOptions {
     pub pod_cidr_flag: bool,
 }
 
+/// Waits until `ready` holds (polled every 100 ms); panics with `what` and a log after `timeout`.
+fn wait_until(env: &KubeletEnv, what: &str, timeout: Duration, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}\n{}", env.log("control-plane.log"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The cluster of one test.
 #[derive(Debug)]
 pub struct KubeletEnv {
@@ -49,8 +58,11 @@ pub struct KubeletEnv {
     pub veth: VethPair,
     /// Data of everything (deleted on drop).
     pub dir: tempfile::TempDir,
-    /// kubectl's kubeconfig.
+    /// kubectl's kubeconfig (the cluster admin).
     pub kubeconfig: PathBuf,
+    /// The node's own kubeconfig (`system:node:<name>` in `system:nodes`), which the agent
+    /// uses as a real node does.
+    pub node_kubeconfig: PathBuf,
     /// The Node's name.
     pub node_name: String,
     /// The node's pod CIDR (`10.237.<index>.0/24`).
@@ -116,6 +128,7 @@ impl KubeletEnv {
             .expect("start the control plane");
         let kubeconfig = cp_data.join("admin.kubeconfig");
         let mut env = KubeletEnv {
+            node_kubeconfig: dir.path().join("node.kubeconfig"),
             node_name: format!("node-{}-{index}", std::process::id() % 100_000),
             pod_cidr: format!("10.237.{index}.0/24"),
             veth,
@@ -131,8 +144,65 @@ impl KubeletEnv {
             assert!(Instant::now() < deadline, "the control plane did not start: {}", env.log("control-plane.log"));
             std::thread::sleep(Duration::from_millis(50));
         }
+        env.issue_node_kubeconfig(&cp_data);
+        // Pods are admitted once their namespace has its default ServiceAccount, which the
+        // controller-manager creates shortly after start (upstream's e2e framework waits too).
+        wait_until(&env, "the default ServiceAccount exists", Duration::from_secs(30), || {
+            env.kubectl_raw(&["get", "serviceaccount", "default"], None).status.success()
+        });
         env.start_agent();
         env
+    }
+
+    /// The node's credentials, as `xtask up` gives node 1 its own: a client certificate for
+    /// `system:node:<name>` signed by the cluster CA.
+    fn issue_node_kubeconfig(&self, cp_data: &Path) {
+        let out = Command::new(binary("coxswain-control-plane"))
+            .arg("--data-dir")
+            .arg(cp_data)
+            .arg("kubeconfig")
+            .args(["--user", &format!("system:node:{}", self.node_name), "--group", "system:nodes"])
+            .args(["--server", &format!("https://{}:6443", self.veth.a_addr)])
+            .arg("--output")
+            .arg(&self.node_kubeconfig)
+            .output()
+            .expect("run coxswain-control-plane kubeconfig");
+        assert!(out.status.success(), "issuing the node's kubeconfig: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The cluster CA certificate (PEM).
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("control-plane/pki/ca.crt")).expect("the cluster CA")
+    }
+
+    /// A kubeconfig (written in the data directory) that authenticates with a bearer `token`.
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> PathBuf {
+        use std::fmt::Write as _;
+        let ca = self.dir.path().join("control-plane/pki/ca.crt");
+        let mut text = String::new();
+        let _ = write!(
+            text,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{}:6443\n    certificate-authority: {}\n\
+             users:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            self.veth.a_addr,
+            ca.display()
+        );
+        let path = self.dir.path().join(format!("{name}.kubeconfig"));
+        std::fs::write(&path, text).expect("write a token kubeconfig");
+        path
+    }
+
+    /// Runs kubectl with another kubeconfig (in the control plane's namespace).
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.veth.a.name()))
+            .arg(kubectl_path())
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .env("HOME", self.dir.path())
+            .output()
+            .expect("run kubectl")
     }
 
     /// A file of the data directory, for failure messages.
@@ -169,7 +239,7 @@ impl KubeletEnv {
         let mut cmd = self.in_node(&binary("coxswain-node-agent"));
         cmd.arg("--kubelet")
             .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+            .arg(&self.node_kubeconfig)
             .args(["--node-name", &self.node_name, "--node-ip", &self.veth.b_addr])
             .args(["--metrics-addr", "127.0.0.1:10249"])
             .arg("--kubelet-root-dir")

@@ -367,6 +367,12 @@ impl Cluster {
         let _ = self.kubectl_raw(&["delete", "namespace", name, "--wait=true", "--timeout=120s"], None);
         let out = self.kubectl_raw(&["create", "-f", "-"], Some(&namespace_yaml(name)));
         assert!(out.status.success(), "create namespace {name}: {}", String::from_utf8_lossy(&out.stderr));
+        // Pods are admitted once the namespace has its default ServiceAccount, which the
+        // controller-manager creates just after the namespace (upstream's e2e framework waits
+        // for it too).
+        self.wait(&format!("the default ServiceAccount of {name}"), Duration::from_secs(60), || {
+            self.kubectl_raw(&["get", "serviceaccount", "-n", name, "default"], None).status.success()
+        });
         NamespaceGuard { cluster: self, name: name.to_owned() }
     }
 }
@@ -825,4 +831,55 @@ fn coxctl_drives_the_workflow_and_shows_the_dataplane() {
     }
     let deleted = c.coxctl_ok(&["delete", "-n", ns, "service", "web"], None);
     assert!(deleted.contains(r#"service "web" deleted"#), "{deleted}");
+}
+
+#[test]
+#[ignore = "needs a cluster from `cargo xtask up`; run by `cargo xtask test`"]
+fn pods_reach_the_api_server_through_the_kubernetes_service() {
+    let c = Cluster::from_env();
+    // The Service holds the first address of the service CIDR and lists the API server.
+    let service_ip = format!("10.{}.0.1", 96 + 16 * u32::from(c.instance));
+    let svc = c.json(&["get", "service", "-n", "default", "kubernetes"]);
+    assert_eq!(svc["spec"]["clusterIP"], service_ip.as_str(), "{svc}");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 443);
+    let endpoints = c.json(&["get", "endpoints", "-n", "default", "kubernetes"]);
+    assert_eq!(endpoints["subsets"][0]["addresses"][0]["ip"], c.node_ip(1).as_str(), "{endpoints}");
+    assert_eq!(endpoints["subsets"][0]["ports"][0]["port"], 6443);
+    // From the host (socket load balancing), with the CA verifying the Service address as a
+    // name of the serving certificate.
+    let version = c.kubectl(&["--server", &format!("https://{service_ip}:443"), "get", "--raw", "/version"]);
+    assert!(version.contains("gitVersion"), "{version}");
+
+    let ns = "e2e-incluster";
+    let _guard = c.create_namespace(ns);
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    for k in 1..=c.nodes {
+        let pod = format!("caller-{k}");
+        c.client_pod(ns, &pod, k);
+        let exec = |script: &str| {
+            let out = c.kubectl_raw(&["exec", "-n", ns, &pod, "--", "sh", "-c", script], None);
+            (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        let (_, host, _) = exec("echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT");
+        assert_eq!(host, format!("{service_ip}:443"), "the environment of {pod}");
+        // A TCP connection to the Service through the eBPF dataplane; the server side of TLS
+        // answers (a record of type 0x15, an alert, to a request that is not TLS).
+        let (ok, record, err) = exec(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT | od -An -tx1 | head -n 1",
+        );
+        assert!(ok && record.starts_with("15 03"), "no TLS answer through the Service from {pod} on node-{k}: {record:?} {err}\n{}", c.agent_log(k));
+        // And a real call with the pod's token (what rest.InClusterConfig does): who am I?
+        let (ok, body, err) = exec(&format!(
+            "wget -q -O- --no-check-certificate --header \"Authorization: Bearer $(cat {sa}/token)\" \
+             --header 'Content-Type: application/json' \
+             --post-data '{{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"SelfSubjectReview\"}}' \
+             https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/apis/authentication.k8s.io/v1/selfsubjectreviews"
+        ));
+        assert!(ok, "the API call from {pod} on node-{k} failed: {body} {err}\n{}", c.agent_log(k));
+        let review: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(review["status"]["userInfo"]["username"], format!("system:serviceaccount:{ns}:default"), "{review}");
+        assert_eq!(review["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"], serde_json::json!([pod]));
+        let (_, namespace, _) = exec(&format!("cat {sa}/namespace"));
+        assert_eq!(namespace, ns);
+    }
 }

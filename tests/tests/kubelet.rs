@@ -493,3 +493,113 @@ fn agent_restart_adopts_pods_and_missing_images_are_reported() {
     std::fs::remove_file(env.manifests().join("static-web.yaml")).unwrap();
     env.wait_gone(&mirror, Duration::from_secs(30));
 }
+
+#[test]
+fn pods_get_a_service_account_token_the_cluster_ca_and_the_api_servers_address() {
+    let _serial = serial();
+    let mut env = KubeletEnv::start(17, EnvOptions { pod_cidr_flag: true });
+    let node = env.node_name.clone();
+    const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    env.apply(&pod("caller", &node, json!({
+        "terminationGracePeriodSeconds": 1,
+        "initContainers": [sh("init", &format!("test -s {SA_DIR}/token"))],
+        "containers": [sh("c", "exec sleep 3600")],
+    })));
+    env.apply(&pod("tokenless", &node, json!({
+        "terminationGracePeriodSeconds": 1,
+        "automountServiceAccountToken": false,
+        "containers": [sh("c", "exec sleep 3600")],
+    })));
+    let caller = env.wait_ready("caller");
+    assert_eq!(caller["spec"]["serviceAccountName"], "default");
+    assert_eq!(caller["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 0, "the init container sees the token too");
+    let exec = |pod: &str, script: &str| {
+        let out = env.kubectl_raw(&["exec", pod, "-c", "c", "--", "sh", "-c", script], None);
+        assert!(out.status.success(), "exec {script:?} in {pod}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // What rest.InClusterConfig reads: the Service's address in the environment...
+    let vars: std::collections::BTreeMap<String, String> = exec("caller", "env")
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    for (k, v) in [
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "443"),
+        ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+        ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
+        ("KUBERNETES_PORT_443_TCP", "tcp://10.96.0.1:443"),
+        ("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
+        ("KUBERNETES_PORT_443_TCP_PORT", "443"),
+        ("KUBERNETES_PORT_443_TCP_ADDR", "10.96.0.1"),
+    ] {
+        assert_eq!(vars.get(k).map(String::as_str), Some(v), "{k} in {vars:?}");
+    }
+    // ...and the token, the CA and the namespace, written atomically through `..data`.
+    let token = exec("caller", &format!("cat {SA_DIR}/token"));
+    assert!(token.starts_with("eyJ") && token.matches('.').count() == 2, "{token:?}");
+    assert_eq!(exec("caller", &format!("cat {SA_DIR}/ca.crt")), env.ca_pem());
+    assert_eq!(exec("caller", &format!("cat {SA_DIR}/namespace")), "default");
+    assert_eq!(exec("caller", &format!("readlink {SA_DIR}/token")).trim(), "..data/token");
+    let denied = env.kubectl_raw(&["exec", "caller", "-c", "c", "--", "sh", "-c", &format!("echo x > {SA_DIR}/token")], None);
+    assert!(!denied.status.success(), "the token volume is mounted read-only");
+    assert_eq!(exec("tokenless", &format!("test -e {SA_DIR} && echo mounted || echo none")).trim(), "none");
+
+    // The token is the pod's ServiceAccount, for as long as the pod exists.
+    let as_pod = env.token_kubeconfig("caller", &token);
+    let whoami = env.kubectl_as(&as_pod, &["auth", "whoami", "-o", "json"]);
+    assert!(whoami.status.success(), "{}", String::from_utf8_lossy(&whoami.stderr));
+    let who: Value = serde_json::from_slice(&whoami.stdout).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "system:serviceaccount:default:default", "{who}");
+    assert_eq!(who["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"], json!(["caller"]));
+    assert_eq!(who["status"]["userInfo"]["extra"]["authentication.kubernetes.io/node-name"], json!([node]));
+
+    // A projection may ask for another audience: the token is for it alone.
+    let vault = json!({"name": "vault", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "audience": "vault", "expirationSeconds": 600}}]}});
+    let mut c = sh("c", "exec sleep 3600");
+    c["volumeMounts"] = json!([{"name": "vault", "mountPath": "/vault"}]);
+    env.apply(&pod("vault-client", &node, json!({"terminationGracePeriodSeconds": 1, "containers": [c], "volumes": [vault]})));
+    env.wait_ready("vault-client");
+    let vault_token = exec("vault-client", "cat /vault/token");
+    let review = |audiences: Value| {
+        let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": vault_token, "audiences": audiences}});
+        let out = env.kubectl_raw(&["create", "-o", "json", "-f", "-"], Some(&review.to_string()));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let reviewed = review(json!(["vault"]));
+    assert_eq!(reviewed["status"]["authenticated"], true, "{reviewed}");
+    assert_eq!(reviewed["status"]["user"]["username"], "system:serviceaccount:default:default");
+    assert_eq!(review(json!([]))["status"]["authenticated"], false, "not a token for the API server");
+
+    // A token that cannot be had yet (its ServiceAccount was deleted after the pod was
+    // admitted) keeps the pod in ContainerCreating, saying why, and is asked for again.
+    env.stop_agent();
+    env.kubectl(&["create", "serviceaccount", "late"]);
+    let mut late = pod("late-client", &node, json!({"terminationGracePeriodSeconds": 1, "containers": [sh("c", "exec sleep 3600")]}));
+    late["spec"]["serviceAccountName"] = json!("late");
+    env.apply(&late);
+    env.kubectl(&["delete", "serviceaccount", "late"]);
+    env.start_agent();
+    let waiting = env.wait_pod("late-client", "waiting for its token", Duration::from_secs(60), |p| {
+        container_status(p, "c")["state"]["waiting"]["message"].as_str().is_some_and(|m| m.contains("failed to fetch token"))
+    });
+    let w = &container_status(&waiting, "c")["state"]["waiting"];
+    assert_eq!(w["reason"], "ContainerCreating", "{w}");
+    assert!(w["message"].as_str().unwrap().contains(r#"MountVolume.SetUp failed for volume "kube-api-access-"#), "{w}");
+    assert_eq!(waiting["status"]["phase"], "Pending");
+    env.kubectl(&["create", "serviceaccount", "late"]);
+    let running = env.wait_ready("late-client");
+    assert_eq!(restart_count(&running, "c"), 0);
+
+    // Deleted, the pod takes its token's validity with it.
+    env.kubectl(&["delete", "pod", "caller", "--timeout=30s"]);
+    env.wait_gone("caller", Duration::from_secs(30));
+    let after = env.kubectl_as(&as_pod, &["auth", "whoami"]);
+    assert!(!after.status.success());
+    assert!(String::from_utf8_lossy(&after.stderr).contains("Unauthorized"), "{}", String::from_utf8_lossy(&after.stderr));
+}

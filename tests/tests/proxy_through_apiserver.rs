@@ -183,13 +183,17 @@ fn services_applied_with_kubectl_reach_the_kernel_through_the_agent() {
     );
     wait_for_backends(&fx, &["b2"]);
 
-    // Delete the Service: its address is no longer translated.
+    // Delete the Service: its address is no longer translated (the API server's own
+    // `kubernetes` Service stays).
     kubectl(&fx, &kubeconfig, &["delete", "service", "web"], None);
+    let vip = u32::from(coxswain_tests::fixture::VIP).to_be();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         use coxswain_dataplane::ServiceMaps;
         let dump = fx.dataplane.service_maps().dump().expect("dump");
-        if dump.services.is_empty() {
+        if dump.services.keys().all(|k| k.addr != vip) {
+            let kubernetes = u32::from(std::net::Ipv4Addr::new(10, 96, 0, 1)).to_be();
+            assert!(dump.services.keys().all(|k| k.addr == kubernetes), "{dump:?}");
             break;
         }
         assert!(

@@ -492,3 +492,31 @@ fn closed_connections_are_collected_and_a_reused_port_is_balanced_afresh() {
     let stats = fx.dataplane.conntrack_gc(much_later).expect("collect");
     assert_eq!((stats.expired_flows, stats.deleted), (1, 2), "{stats:?}");
 }
+
+#[test]
+fn a_backend_at_the_nodes_own_address_answers_as_the_service() {
+    // The API server behind `kubernetes` (or any host-network endpoint) listens on the node
+    // itself: its replies leave the host stack towards the pod without entering any tc
+    // ingress, and must still come from the Service address.
+    let mut fx = Fixture::new(214);
+    let node_addr = std::net::Ipv4Addr::new(10, 214, 1, 1);
+    let _node_server = coxswain_tests::servers::NameServer::start(&fx.topo.node, "node", 6443).expect("a server on the node");
+    let client_if = fx.topo.hosts[0].node_if.clone();
+    fx.topo
+        .node
+        .run_in(|| Ok(fx.dataplane.attach_pod_tc(&client_if)?))
+        .expect("attach to the client's interface as to a pod's");
+    fx.dataplane.set_snat_address(Some(node_addr)).unwrap();
+    let backend = BackendV4 {
+        addr: u32::from(node_addr).to_be(),
+        port: 6443u16.to_be(),
+        proto: 0,
+        flags: 0,
+    };
+    program(fx.dataplane.service_maps(), 443, proto::TCP, 3, &[(3, backend)]);
+    for i in 0..5 {
+        let mut stream = connect(fx.client(), 443).unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        assert_eq!(stream.peer_addr().unwrap(), SocketAddr::from((VIP, 443)));
+        assert_eq!(ask(&mut stream, "hello").unwrap_or_else(|e| panic!("connection {i}: {e:#}")), "node");
+    }
+}

@@ -3,6 +3,9 @@
 //! Each allocated address or port is a key in the store (`/registry/ranges/serviceips/<ip>`,
 //! `/registry/ranges/servicenodeports/<port>`) created with the store's atomic create: two
 //! servers racing for the same value cannot both win. A released value's key is deleted.
+//!
+//! The first address of the range belongs to the `default/kubernetes` Service: it is never
+//! handed out at random, and only that Service may claim it.
 
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -14,6 +17,8 @@ use coxswain_store::{Error as StoreError, Store};
 use crate::status::{ApiError, Result, Target};
 
 const IP_PREFIX: &str = "/registry/ranges/serviceips/";
+/// The Service that owns the first address of the range.
+pub(crate) const KUBERNETES_SERVICE_OWNER: &str = "default/kubernetes";
 const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
 /// Candidates tried before an allocation gives up as "range full".
 const MAX_PROBES: u64 = 4096;
@@ -58,6 +63,11 @@ impl Ipv4Cidr {
         u32::from(ip) & mask == self.base
     }
 
+    /// The first address: the `kubernetes` Service's.
+    pub fn first(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + 1)
+    }
+
     /// The usable addresses are offsets 1..size-1 (not the network or broadcast address).
     fn usable(&self, ip: Ipv4Addr) -> bool {
         let offset = u64::from(u32::from(ip) - self.base);
@@ -93,12 +103,18 @@ impl Allocator {
         }
     }
 
-    /// Allocates a free cluster IP for the Service `owner` (`namespace/name`).
+    /// The address reserved for the `kubernetes` Service.
+    pub fn kubernetes_ip(&self) -> Ipv4Addr {
+        self.cidr.first()
+    }
+
+    /// Allocates a free cluster IP for the Service `owner` (`namespace/name`), never the
+    /// first address (reserved for the `kubernetes` Service).
     pub async fn allocate_ip(&self, owner: &str) -> Result<Ipv4Addr> {
-        let usable = self.cidr.size() - 2;
+        let usable = self.cidr.size() - 3;
         let start = random_u64() % usable;
         for probe in 0..MAX_PROBES.min(usable) {
-            let offset = 1 + (start + probe) % usable;
+            let offset = 2 + (start + probe) % usable;
             let ip = Ipv4Addr::from(self.cidr.base + offset as u32);
             if self.claim(format!("{IP_PREFIX}{ip}"), owner).await? {
                 return Ok(ip);
@@ -119,6 +135,9 @@ impl Allocator {
                 "provided IP is not in the valid range. The range of valid IPs is the service CIDR"
                     .to_owned(),
             ));
+        }
+        if addr == self.cidr.first() && owner != KUBERNETES_SERVICE_OWNER {
+            return Ok(Err("provided IP is already allocated".to_owned()));
         }
         if self.claim(format!("{IP_PREFIX}{addr}"), owner).await? {
             Ok(Ok(()))
@@ -190,5 +209,33 @@ mod tests {
         assert!(!c.usable("10.112.0.1".parse().unwrap()));
         assert!("10.96.0.0".parse::<Ipv4Cidr>().is_err());
         assert!("10.96.0.0/33".parse::<Ipv4Cidr>().is_err());
+        assert_eq!(c.first(), Ipv4Addr::new(10, 96, 0, 1));
+    }
+
+    async fn allocator(cidr: &str) -> (tempfile::TempDir, Allocator) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = coxswain_store::EmbeddedConfig::new(dir.path().join("s.redb"));
+        let store = coxswain_store::EmbeddedStore::open(config).await.unwrap();
+        (dir, Allocator::new(Arc::new(store), cidr.parse().unwrap(), (30000, 30001)))
+    }
+
+    #[tokio::test]
+    async fn the_first_address_is_reserved_for_the_kubernetes_service() {
+        let (_dir, alloc) = allocator("10.96.0.0/29").await;
+        // A /29 has 6 usable addresses: .1 is reserved, so exactly 5 are handed out.
+        let mut got = Vec::new();
+        for i in 0..5 {
+            got.push(alloc.allocate_ip(&format!("default/s{i}")).await.unwrap());
+        }
+        got.sort();
+        let want: Vec<Ipv4Addr> = (2..=6).map(|i| Ipv4Addr::new(10, 96, 0, i)).collect();
+        assert_eq!(got, want);
+        assert!(alloc.allocate_ip("default/full").await.is_err(), "the range is full");
+        assert_eq!(
+            alloc.claim_ip("10.96.0.1", "default/sneaky").await.unwrap(),
+            Err("provided IP is already allocated".to_owned())
+        );
+        assert_eq!(alloc.claim_ip("10.96.0.1", KUBERNETES_SERVICE_OWNER).await.unwrap(), Ok(()));
+        assert_eq!(alloc.kubernetes_ip(), Ipv4Addr::new(10, 96, 0, 1));
     }
 }

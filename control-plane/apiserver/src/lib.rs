@@ -12,6 +12,7 @@ mod defaults;
 mod discovery;
 mod fieldmanager;
 mod handlers;
+mod kubernetes_service;
 mod metrics;
 mod namespaces;
 mod object;

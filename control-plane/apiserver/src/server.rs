@@ -1,7 +1,7 @@
 //! The API server: configuration, shared state, the router with its layers, and serving.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use crate::status::ApiError;
 use crate::security::authz::Authorizer;
 use crate::security::{self, Security};
 use crate::watch_cache::{CacheConfig, WatchCaches};
-use crate::{discovery, handlers, namespaces, openapi, request_info};
+use crate::{discovery, handlers, kubernetes_service, namespaces, openapi, request_info};
 
 /// The largest request body accepted (larger ones get 413): 3 MiB, as kube-apiserver.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -60,6 +60,16 @@ pub struct ServerConfig {
     pub watch_cache_events: usize,
     /// Events buffered per watcher before it is closed as too slow.
     pub watcher_buffer: usize,
+    /// The address the `kubernetes` Service's endpoints list for this server
+    /// (`--advertise-address`); `None`: the address it listens on (or, listening on all
+    /// addresses, the host's address towards its default route).
+    pub advertise_address: Option<IpAddr>,
+    /// How often the `kubernetes` Service and its endpoints are reconciled and this server's
+    /// Lease renewed (upstream's `--endpoint-reconciler-interval`, 10 s).
+    pub endpoint_reconcile_interval: Duration,
+    /// How long this server's Lease lasts unrenewed before the others drop its address
+    /// (upstream's master lease TTL, 15 s).
+    pub endpoint_lease_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +82,9 @@ impl Default for ServerConfig {
             default_watch_timeout: Duration::from_secs(1800),
             watch_cache_events: 10_000,
             watcher_buffer: 10_000,
+            advertise_address: None,
+            endpoint_reconcile_interval: Duration::from_secs(10),
+            endpoint_lease_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -108,6 +121,11 @@ impl ApiServer {
         let cidr: Ipv4Cidr = config.service_cidr.parse().map_err(Error::Config)?;
         if config.node_ports.0 > config.node_ports.1 {
             return Err(Error::Config("the node port range is empty".to_owned()));
+        }
+        if config.endpoint_lease_ttl < config.endpoint_reconcile_interval {
+            return Err(Error::Config(
+                "the endpoint lease TTL must be at least the endpoint reconcile interval".to_owned(),
+            ));
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let caches = WatchCaches::new(
@@ -180,18 +198,29 @@ impl ApiServer {
     }
 
     /// Serves HTTPS on `listener` until `shutdown` completes, then ends open watches and
-    /// returns once in-flight requests have finished.
+    /// returns once in-flight requests have finished. While serving, it keeps the
+    /// `default/kubernetes` Service and lists itself in its endpoints (on the listener's
+    /// port); on shutdown it removes itself from them.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let addr: Option<SocketAddr> = listener.local_addr().ok();
+        let addr = listener.local_addr()?;
         let config = security::tls::server_config(&self.state.security)
             .map_err(std::io::Error::other)?;
-        info!(?addr, "API server serving HTTPS");
+        info!(%addr, "API server serving HTTPS");
         let router = self.router();
         let stop = self.shutdown.clone();
+        let settings = kubernetes_service::Settings {
+            address: kubernetes_service::advertise_address(self.state.config.advertise_address, addr.ip()),
+            port: addr.port(),
+            identity: format!("kube-apiserver-{}", uuid::Uuid::new_v4()),
+            cluster_ip: IpAddr::V4(self.state.allocator.kubernetes_ip()),
+            interval: self.state.config.endpoint_reconcile_interval,
+            lease_ttl: self.state.config.endpoint_lease_ttl,
+        };
+        let reconciler = kubernetes_service::Reconciler::start(self.state.clone(), settings);
         security::tls::serve(
             listener,
             config,
@@ -199,6 +228,7 @@ impl ApiServer {
             self.state.metrics.tls_handshake_failures(),
             async move {
                 shutdown.await;
+                reconciler.stop().await;
                 let _ = stop.send(true);
             },
         )

@@ -389,7 +389,7 @@ async fn service_account_tokens_are_bound_expiring_and_unforgeable() -> Result<(
     create(
         &admin,
         "/api/v1/namespaces/default/pods",
-        json!({"metadata": {"name": "job-0"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+        json!({"metadata": {"name": "job-0"}, "spec": {"serviceAccountName": "builder", "containers": [{"name": "c", "image": "busybox"}]}}),
     )
     .await?;
 
@@ -559,6 +559,7 @@ async fn a_restricted_namespace_refuses_a_privileged_pod_naming_the_field() -> R
         json!({"metadata": {"name": "locked", "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}),
     )
     .await?;
+    server.create_default_service_account("locked").await?;
     let privileged = json!({"metadata": {"name": "root"}, "spec": {"containers": [
         {"name": "shell", "image": "busybox", "securityContext": {"privileged": true}}]}});
     let reply = admin.post_json("/api/v1/namespaces/locked/pods", &privileged).await?;

@@ -176,7 +176,7 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             vec![
                 // The garbage collector and the namespace controller act on every kind.
                 rule(&["*"], &["*"], &["get", "list", "watch", "delete", "deletecollection", "patch", "update"]),
-                rule(&[""], &["pods", "endpoints", "serviceaccounts", "events", "nodes"], &["create"]),
+                rule(&[""], &["pods", "endpoints", "serviceaccounts", "events", "nodes", "configmaps"], &["create"]),
                 rule(&[""], &["pods/eviction"], &["create"]),
                 rule(&["events.k8s.io"], &["events"], &["create"]),
                 rule(&["apps"], &["replicasets", "controllerrevisions"], &["create"]),
@@ -312,6 +312,7 @@ mod tests {
         let admin = UserInfo::new(ADMIN_USER, ["system:masters"]);
         let scheduler = UserInfo::new(SCHEDULER_USER, Vec::<String>::new());
         let node = UserInfo::new("system:node:n1", [crate::authn::NODES]);
+        let controllers = UserInfo::new(CONTROLLER_MANAGER_USER, Vec::<String>::new());
         let cases: Vec<(&UserInfo, Attributes, bool)> = vec![
             (&admin, r("delete", "rbac.authorization.k8s.io", "clusterroles", None, Some("x")), true),
             (&admin, Attributes::non_resource("get", "/metrics"), true),
@@ -326,6 +327,12 @@ mod tests {
             (&node, r("create", "", "pods", Some("default"), None), true),
             (&node, r("create", "apps", "deployments", Some("default"), None), false),
             (&node, r("list", "rbac.authorization.k8s.io", "roles", None, None), false),
+            // Tokens for its pods' accounts (NodeRestriction narrows this to those pods).
+            (&node, r("create", "", "serviceaccounts/token", Some("default"), Some("default")), true),
+            (&node, r("get", "", "configmaps", Some("default"), Some("kube-root-ca.crt")), true),
+            (&node, r("create", "", "serviceaccounts", Some("default"), None), false),
+            // The root CA publisher creates kube-root-ca.crt in every namespace.
+            (&controllers, r("create", "", "configmaps", Some("team"), None), true),
         ];
         for (who, attrs, want) in cases {
             assert_eq!(policy.authorize(who, &attrs).is_some(), want, "{} {attrs:?}", who.name);

@@ -14,6 +14,8 @@
 //! - `garbagecollector`: ownerReferences, in the three propagation modes.
 //! - `serviceaccount`: a `default` ServiceAccount in every namespace.
 //! - `csr`: approves nodes' certificate signing requests and signs approved ones.
+//! - `rootcacertpublisher`: a `kube-root-ca.crt` ConfigMap with the cluster CA in every
+//!   namespace.
 //! - `manager`: the controller list, the manager that starts them, leader election.
 //! - `metrics`: Prometheus metrics shared by every controller.
 //!
@@ -34,6 +36,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod csr;
 mod reconciler;
+pub mod rootcacertpublisher;
 pub mod serviceaccount;
 pub mod workloads;
 
@@ -65,6 +68,9 @@ pub struct Config {
     /// Signs approved certificate signing requests with the cluster CA, when this process
     /// holds it (the control plane binary does).
     pub csr_signer: Option<Arc<dyn csr::CsrSigner>>,
+    /// The cluster CA certificate (PEM) the root CA publisher puts in every namespace's
+    /// `kube-root-ca.crt` ConfigMap, when this process knows it (the control plane binary does).
+    pub root_ca_cert: Option<String>,
     /// Where the controllers count their work (reconciles, latency, queue depth, leadership).
     /// Not a setting, but carried here so that every `Config` (and so every `Context`) has
     /// its own set: two managers in one process keep separate counts. Clones share it.
@@ -81,6 +87,7 @@ impl Default for Config {
             node_cidr_mask_size: 24,
             gc_resync_period: Duration::from_secs(30),
             csr_signer: None,
+            root_ca_cert: None,
             metrics: Arc::new(Metrics::new()),
         }
     }

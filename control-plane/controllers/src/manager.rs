@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     Context, csr, endpoints, endpointslice, garbagecollector, nodeipam, nodelifecycle,
-    serviceaccount, workloads,
+    rootcacertpublisher, serviceaccount, workloads,
 };
 
 /// The cluster-level controllers this crate runs itself (the workload controllers are
@@ -24,6 +24,7 @@ pub const CLUSTER_CONTROLLERS: &[&str] = &[
     garbagecollector::NAME,
     serviceaccount::NAME,
     csr::NAME,
+    rootcacertpublisher::NAME,
 ];
 
 /// Every controller name `--controllers` accepts (besides `*`), cluster-level then workloads.
@@ -47,11 +48,13 @@ pub enum Error {
 }
 
 /// The canonical short name of `name`: upstream's current names (`endpointslice-controller`,
-/// `garbage-collector-controller`, `endpoints-controller`) and the short ones both work.
+/// `garbage-collector-controller`, `endpoints-controller`,
+/// `root-ca-certificate-publisher-controller`) and the short ones both work.
 fn canonical(name: &str) -> String {
     let short = name.strip_suffix("-controller").unwrap_or(name).replace('-', "");
     match short.as_str() {
         "endpoints" => endpoints::NAME.to_owned(),
+        "rootcacertificatepublisher" => rootcacertpublisher::NAME.to_owned(),
         _ => short,
     }
 }
@@ -106,6 +109,7 @@ async fn run_one(name: &'static str, ctx: Context) -> Result<(), String> {
         garbagecollector::NAME => garbagecollector::run(ctx).await.map_err(|e| e.to_string()),
         serviceaccount::NAME => serviceaccount::run(ctx).await.map_err(|e| e.to_string()),
         csr::NAME => csr::run(ctx).await.map_err(|e| e.to_string()),
+        rootcacertpublisher::NAME => rootcacertpublisher::run(ctx).await.map_err(|e| e.to_string()),
         other => workloads::run(other, ctx).await.map_err(|e| e.to_string()),
     }
 }
@@ -272,5 +276,8 @@ mod tests {
         assert!(enabled_controllers(&s(&["*", "-nosuch"])).is_err());
         assert!(enabled_controllers(&s(&["-*"])).unwrap().is_empty());
         assert_eq!(enabled_controllers(&s(&["-*,nodeipam"])).unwrap(), vec!["nodeipam"]);
+        for upstream in ["root-ca-cert-publisher", "root-ca-certificate-publisher-controller"] {
+            assert_eq!(enabled_controllers(&s(&[upstream])).unwrap(), vec!["rootcacertpublisher"]);
+        }
     }
 }

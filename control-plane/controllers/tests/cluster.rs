@@ -145,7 +145,11 @@ async fn wait_endpoints(client: &Client, want: &Seen) -> Result<Vec<EndpointSlic
     let found = coxswain_sim::wait_for(WAIT, || async {
         let slices = slices_of(client, "default", "web").await?;
         let seen = endpoints_by_pod(&slices);
-        let done = seen == *want;
+        // The controller creates and updates before it deletes, so the endpoints can be all
+        // there while an emptied slice (the placeholder of "no endpoints") still waits for
+        // its deletion: done once that is gone too.
+        let leftover = !want.is_empty() && slices.iter().any(|s| s.endpoints.as_ref().is_none_or(Vec::is_empty));
+        let done = seen == *want && !leftover;
         *last.lock().unwrap() = seen;
         Ok(done)
     })
@@ -164,6 +168,13 @@ async fn endpoint_slices_and_endpoints_follow_pods() -> Result<()> {
     let _node = cluster
         .add_node(SimNode::new("n1").labels([("topology.kubernetes.io/zone", "zone-a")]))
         .await?;
+    // The API server keeps the `kubernetes` Service's endpoints itself (no selector).
+    let kube_slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let kube_endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let kube_before = (
+        kube_slices.get("kubernetes").await?.resource_version(),
+        kube_endpoints.get("kubernetes").await?.resource_version(),
+    );
     let (ctx, _manager) = start(client.clone(), quick_config(), &["endpointslice", "endpoint"]);
 
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
@@ -245,6 +256,11 @@ async fn endpoint_slices_and_endpoints_follow_pods() -> Result<()> {
             && not_ready == [(Some("c".into()), Some(8080))])
     }).await?;
     assert!(endpoints.get_opt("manual").await?.is_none());
+    let kube_after = (
+        kube_slices.get("kubernetes").await?.resource_version(),
+        kube_endpoints.get("kubernetes").await?.resource_version(),
+    );
+    assert_eq!(kube_after, kube_before, "the controllers left the kubernetes Service's endpoints alone");
 
     // Nothing changes: a reconcile writes nothing.
     let before: Vec<(String, String)> = slices
@@ -686,6 +702,12 @@ async fn namespace_deletion_with_controllers_running() -> Result<()> {
     let all = coxswain_controllers::all_controllers();
     let (_ctx, _manager) = start(client.clone(), quick_config(), &all);
     create_ns(&client, "doomed").await?;
+    // Pods are admitted once the namespace has its default ServiceAccount (as upstream's e2e
+    // framework, wait for the controller to create it).
+    let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), "doomed");
+    coxswain_sim::wait_for(WAIT, || async { Ok(sa.get_opt("default").await?.is_some()) })
+        .await
+        .context("the namespace gets its default ServiceAccount")?;
     let services: Api<Service> = Api::namespaced(client.clone(), "doomed");
     services
         .create(
@@ -733,7 +755,8 @@ async fn every_namespace_gets_a_default_service_account() -> Result<()> {
             Ok::<Option<ServiceAccount>, anyhow::Error>(api.get_opt("default").await?)
         }
     };
-    for ns in ["default", "kube-system"] {
+    // (The simulated cluster creates `default`'s itself.)
+    for ns in ["kube-system", "kube-public"] {
         coxswain_sim::wait_for(WAIT, || async { Ok(default_sa(ns).await?.is_some()) })
             .await
             .with_context(|| format!("a default ServiceAccount in {ns}"))?;
@@ -746,6 +769,55 @@ async fn every_namespace_gets_a_default_service_account() -> Result<()> {
     until("a deleted default ServiceAccount is recreated", || async {
         Ok(default_sa("team-a").await?.is_some_and(|sa| sa.uid() != uid))
     }).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_namespace_gets_the_root_ca_certificate_and_keeps_it() -> Result<()> {
+    use coxswain_controllers::rootcacertpublisher::{CONFIG_MAP, DESCRIPTION, DESCRIPTION_ANNOTATION};
+    init_logging();
+    let cluster = SimCluster::start().await?;
+    let client = cluster.client();
+    let ca = cluster.ca_pem();
+    let config = Config { root_ca_cert: Some(ca.clone()), ..quick_config() };
+    let (_ctx, _manager) = start(client.clone(), config, &["rootcacertpublisher"]);
+    let published = |ns: &'static str| {
+        let client = client.clone();
+        let ca = ca.clone();
+        async move {
+            let api: Api<ConfigMap> = Api::namespaced(client, ns);
+            Ok::<Option<ConfigMap>, anyhow::Error>(api.get_opt(CONFIG_MAP).await?.filter(|cm| {
+                cm.data.as_ref().and_then(|d| d.get("ca.crt")) == Some(&ca)
+                    && cm.annotations().get(DESCRIPTION_ANNOTATION).map(String::as_str) == Some(DESCRIPTION)
+            }))
+        }
+    };
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        coxswain_sim::wait_for(WAIT, || async { Ok(published(ns).await?.is_some()) })
+            .await
+            .with_context(|| format!("kube-root-ca.crt in {ns}"))?;
+    }
+    create_ns(&client, "team-b").await?;
+    coxswain_sim::wait_for(WAIT, || async { Ok(published("team-b").await?.is_some()) })
+        .await
+        .context("a new namespace gets it")?;
+
+    // Deleted, it comes back; edited, it is put back (extra keys removed).
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "team-b");
+    let uid = published("team-b").await?.unwrap().uid();
+    api.delete(CONFIG_MAP, &DeleteParams::default()).await?;
+    coxswain_sim::wait_for(WAIT, || async {
+        Ok(published("team-b").await?.is_some_and(|cm| cm.uid() != uid))
+    })
+    .await
+    .context("a deleted kube-root-ca.crt is recreated")?;
+    let tamper = json!({"data": {"ca.crt": "not a CA", "extra": "x"}});
+    api.patch(CONFIG_MAP, &PatchParams::default(), &Patch::Merge(&tamper)).await?;
+    coxswain_sim::wait_for(WAIT, || async {
+        Ok(published("team-b").await?.is_some_and(|cm| cm.data.as_ref().is_some_and(|d| d.len() == 1)))
+    })
+    .await
+    .context("an edited kube-root-ca.crt is put back")?;
     Ok(())
 }
 

@@ -33,6 +33,11 @@ struct Args {
     /// Address the API server listens on (HTTPS).
     #[arg(long, env = "COXSWAIN_LISTEN", default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
+    /// The address the `kubernetes` Service's endpoints list for this API server (pods reach
+    /// it through the Service): by default the `--listen` address, or, when listening on all
+    /// addresses, the host's address towards its default route.
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
     /// Extra names (DNS names or addresses) for the serving certificate, besides loopback,
     /// the listen address and the `kubernetes` Service's names; repeatable.
     #[arg(long = "tls-san", value_delimiter = ',')]
@@ -263,7 +268,8 @@ async fn shutdown_signal() {
 }
 
 /// The names the serving certificate covers: loopback, the `kubernetes` Service (its
-/// ClusterIP is the first address of the service CIDR), the listen address and `--tls-san`.
+/// ClusterIP is the first address of the service CIDR), the listen and advertised addresses
+/// and `--tls-san`.
 fn subject_names(args: &Args) -> Result<SubjectNames> {
     let (base, _) = args
         .service_cidr
@@ -276,6 +282,9 @@ fn subject_names(args: &Args) -> Result<SubjectNames> {
     let mut names = SubjectNames::loopback(Some(first.into()));
     let listen = args.listen.ip().to_string();
     names.extend(std::iter::once(listen.as_str()));
+    if let Some(advertised) = args.advertise_address.map(|ip| ip.to_string()) {
+        names.extend(std::iter::once(advertised.as_str()));
+    }
     names.extend(args.tls_sans.iter().map(String::as_str));
     Ok(names)
 }
@@ -415,6 +424,7 @@ async fn main() -> Result<()> {
     let _compactor = Compactor::spawn(Arc::clone(&store), CompactorConfig::default());
     let config = ServerConfig {
         service_cidr: args.service_cidr.clone(),
+        advertise_address: args.advertise_address,
         ..ServerConfig::default()
     };
     let server = ApiServer::new(store, config, security)
@@ -461,6 +471,7 @@ async fn main() -> Result<()> {
                 node_monitor_grace_period: args.node_monitor_grace_period,
                 default_toleration_seconds: args.default_toleration_seconds,
                 csr_signer: Some(Arc::new(CaSigner(security.clone()))),
+                root_ca_cert: Some(security.ca().cert_pem().to_owned()),
                 ..ControllerConfig::default()
             },
         );
@@ -571,5 +582,20 @@ mod tests {
         let args = Args::try_parse_from(["cp"]).unwrap();
         assert!(args.leader_elect && !args.disable_scheduler);
         assert_eq!(args.node_monitor_grace_period, Duration::from_secs(40));
+    }
+
+    #[test]
+    fn the_serving_certificate_names_the_kubernetes_service() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let args = Args::try_parse_from(["cp", "--listen", "0.0.0.0:6443", "--advertise-address", "10.250.0.1"]).unwrap();
+        let names = subject_names(&args).unwrap();
+        assert!(names.ips.contains(&ip("10.96.0.1")), "the first Service address: {:?}", names.ips);
+        assert!(names.ips.contains(&ip("10.250.0.1")), "the advertised address: {:?}", names.ips);
+        assert!(!names.ips.iter().any(|i| i.is_unspecified()));
+        for dns in ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"] {
+            assert!(names.dns.iter().any(|d| d == dns), "{dns}: {:?}", names.dns);
+        }
+        let args = Args::try_parse_from(["cp", "--service-cidr", "10.112.0.0/12"]).unwrap();
+        assert!(subject_names(&args).unwrap().ips.contains(&ip("10.112.0.1")));
     }
 }

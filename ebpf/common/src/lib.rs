@@ -438,8 +438,9 @@ pub mod ct_flags {
     /// The flow's source was rewritten to a node address (external traffic
     /// to a backend on another node, `externalTrafficPolicy: Cluster`).
     pub const SNAT: u16 = 1 << 0;
-    /// The flow arrived from outside the node (uplink), or was addressed to
-    /// a node address (a pod reaching a NodePort). Its replies get the
+    /// The flow arrived from outside the node (uplink), was addressed to a
+    /// node address (a pod reaching a NodePort), or was sent to a backend at
+    /// the node's own address (a host-network endpoint). Its replies get the
     /// Service address back as they leave (through the uplink, or through
     /// the pod's interface), not when they enter the node: a source equal
     /// to a node address would be dropped as martian on input.

@@ -415,6 +415,17 @@ pub(crate) fn forward_flow(
     } else {
         0
     };
+    // A backend at the node's own address (a host-network endpoint such as
+    // the API server behind `kubernetes`) answers from the host stack: its
+    // replies enter through no tc ingress, so, as for external flows, they
+    // get their Service source on the egress of the pod's interface.
+    if !external {
+        if let Some(cfg) = NODE_CONFIG_V4.get(0) {
+            if cfg.snat_addr != 0 && cfg.snat_addr == b.addr {
+                flags |= ct_flags::EXTERNAL;
+            }
+        }
+    }
     let mut snat_addr = 0;
     if external && master.flags & service_flags::SNAT != 0 && b.flags & backend_flags::LOCAL == 0 {
         if let Some(cfg) = NODE_CONFIG_V4.get(0) {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
 use kube::{
     Api,
     runtime::{WatchStreamExt, reflector, watcher},
@@ -126,6 +126,8 @@ pub(crate) struct Shared {
     pub objects: Arc<dyn ObjectSource>,
     pub metrics: KubeletMetrics,
     pub node_ip: String,
+    /// ServiceAccount tokens of projected volumes, requested as this node.
+    pub tokens: crate::tokens::TokenManager,
 }
 
 impl std::fmt::Debug for Shared {
@@ -146,10 +148,13 @@ impl Shared {
     }
 }
 
-/// ConfigMaps and Secrets from reflector stores.
+/// ConfigMaps, Secrets and Services from reflector stores.
 struct StoreObjects {
     config_maps: reflector::Store<ConfigMap>,
     secrets: reflector::Store<Secret>,
+    services: reflector::Store<Service>,
+    /// Set once the Services have been listed.
+    services_listed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ObjectSource for StoreObjects {
@@ -163,6 +168,12 @@ impl ObjectSource for StoreObjects {
         self.secrets
             .get(&reflector::ObjectRef::new(name).within(namespace))
             .map(|o| (*o).clone())
+    }
+
+    fn services(&self) -> Option<Vec<Service>> {
+        self.services_listed
+            .load(std::sync::atomic::Ordering::Acquire)
+            .then(|| self.services.state().iter().map(|s| (**s).clone()).collect())
     }
 }
 
@@ -225,8 +236,34 @@ impl Kubelet {
 
         let cms = reflector::store::Writer::<ConfigMap>::default();
         let secrets = reflector::store::Writer::<Secret>::default();
-        let objects = StoreObjects { config_maps: cms.as_reader(), secrets: secrets.as_reader() };
+        let services = reflector::store::Writer::<Service>::default();
+        let objects = StoreObjects {
+            config_maps: cms.as_reader(),
+            secrets: secrets.as_reader(),
+            services: services.as_reader(),
+            services_listed: Arc::default(),
+        };
         let mut tasks = Vec::new();
+        let service_api: Api<Service> = Api::all(client.clone());
+        tasks.push(tokio::spawn(async move {
+            reflector(services, watcher(service_api, watcher::Config::default()))
+                .default_backoff()
+                .for_each(|_| async {})
+                .await;
+        }));
+        // This task is the services store's only waiter: kube-runtime's readiness wakes only
+        // the last task to poll it, so every other wait goes through `listed_rx`.
+        let (listed_tx, mut listed_rx) = tokio::sync::watch::channel(false);
+        {
+            let store = objects.services.clone();
+            let listed = objects.services_listed.clone();
+            tasks.push(tokio::spawn(async move {
+                if store.wait_until_ready().await.is_ok() {
+                    listed.store(true, std::sync::atomic::Ordering::Release);
+                    let _ = listed_tx.send(true);
+                }
+            }));
+        }
         let cm_api: Api<ConfigMap> = Api::all(client.clone());
         tasks.push(tokio::spawn(async move {
             reflector(cms, watcher(cm_api, watcher::Config::default()))
@@ -244,9 +281,10 @@ impl Kubelet {
         let ready = async {
             let _ = objects.config_maps.wait_until_ready().await;
             let _ = objects.secrets.wait_until_ready().await;
+            let _ = listed_rx.wait_for(|listed| *listed).await;
         };
         if tokio::time::timeout(Duration::from_secs(30), ready).await.is_err() {
-            warn!("ConfigMaps and Secrets are not listed yet; pods that use them wait");
+            warn!("ConfigMaps, Secrets and Services are not listed yet; pods that use them wait");
         }
         let node_ip = config.node_ip.clone();
         Ok(Kubelet {
@@ -257,6 +295,7 @@ impl Kubelet {
                 objects: Arc::new(objects),
                 metrics: KubeletMetrics::default(),
                 node_ip,
+                tokens: crate::tokens::TokenManager::default(),
             }),
             containerd,
             tasks,

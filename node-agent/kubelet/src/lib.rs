@@ -4,6 +4,7 @@
 //! registers the node, keeps its Lease, runs a worker per pod and serves
 //! logs and exec for the API server to proxy to.
 
+mod atomic_writer;
 mod cni;
 mod containerd;
 mod cri;
@@ -19,6 +20,8 @@ mod server;
 mod spec;
 mod static_pods;
 mod status;
+mod tokens;
+mod volumes;
 
 pub use cni::{CONFLIST_NAME, Ipv4Cidr};
 pub use containerd::{ContainerdLayout, ManagedContainerd};

@@ -32,8 +32,10 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A container that ran this long resets its back-off.
 pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
-/// How often a worker re-syncs without any event.
+/// How often a worker re-syncs without any event (tokens due for renewal are renewed then).
 const RESYNC: Duration = Duration::from_secs(5);
+/// How soon volumes that could not be set up are tried again.
+const VOLUME_RETRY: Duration = Duration::from_secs(1);
 
 /// The next back-off after `previous` (None: no restart yet, so none).
 pub fn next_backoff(previous: Option<Duration>) -> Duration {
@@ -371,6 +373,21 @@ impl PodWorker {
         }
     }
 
+    /// The tokens of the pod's projected volumes (cached ones unless due for renewal).
+    async fn fetch_tokens(&self, pod: &Pod) -> Result<crate::volumes::Tokens, crate::spec::ConfigError> {
+        let mut tokens = crate::volumes::Tokens::new();
+        for (slot, key) in crate::volumes::token_requests(pod) {
+            let token = self
+                .shared
+                .tokens
+                .get(&self.shared.client, &key)
+                .await
+                .map_err(|e| crate::spec::ConfigError::Mount { volume: slot.0.clone(), message: e.to_string() })?;
+            tokens.insert(slot, token);
+        }
+        Ok(tokens)
+    }
+
     /// Starts probes for running containers that have none yet; stops the
     /// probes of containers no longer running.
     fn manage_probes(&mut self, c: &Container, current: Option<&ContainerStatus>, address: &str) {
@@ -510,10 +527,23 @@ impl PodWorker {
             pod_ip: ips.first().map_or("", String::as_str),
             volumes_dir: &volumes_dir,
         };
-        if let Err(e) = crate::spec::prepare_volumes(pod, &ctx, self.shared.objects.as_ref()) {
+        let volumes = match self.fetch_tokens(pod).await {
+            Ok(tokens) => crate::volumes::prepare_volumes(pod, &ctx, self.shared.objects.as_ref(), &tokens),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = volumes {
+            // Not a crash: the pod waits in ContainerCreating and the volumes are tried again.
+            warn!(pod = %format!("{}/{}", self.namespace, self.name), error = %e, "volumes not ready");
             for c in init_specs.iter().chain(&main_specs) {
-                self.waiting.insert(c.name.clone(), Waiting { reason: "CreateContainerConfigError".into(), message: e.to_string() });
+                if observed.containers.get(&c.name).is_none_or(Vec::is_empty) {
+                    self.waiting.insert(c.name.clone(), Waiting { reason: "ContainerCreating".into(), message: e.to_string() });
+                }
             }
+            let wake = self.wake.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(VOLUME_RETRY).await;
+                wake.notify_one();
+            });
             return self.report(pod, &observed, Some(&sandbox)).await;
         }
         let address = ips.first().cloned().unwrap_or_else(|| self.shared.node_ip.clone());
@@ -659,6 +689,7 @@ impl PodWorker {
         }
         let _ = std::fs::remove_dir_all(self.shared.pod_dir(&self.uid));
         let _ = std::fs::remove_dir_all(self.shared.pod_log_dir(&self.namespace, &self.name, &self.uid));
+        self.shared.tokens.forget_pod(&self.uid);
         self.terminated = true;
         info!(pod = %format!("{}/{}", self.namespace, self.name), grace, "pod terminated");
     }

@@ -1,6 +1,7 @@
-//! From a Pod to CRI configs: the sandbox config, each container's config
-//! (command, args, env with ConfigMap/Secret/downward API sources, working
-//! dir, ports, mounts, resources) and the pod's volumes on disk.
+//! From a Pod to CRI configs: the sandbox config and each container's config
+//! (command, args, env with ConfigMap/Secret/downward API sources and the
+//! Services' variables, working dir, ports, mounts, resources). The volumes
+//! on disk are `volumes.rs`'s.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -8,7 +9,7 @@ use std::{
 };
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret, Service, Volume};
 
 use crate::cri::{LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID};
 
@@ -48,15 +49,29 @@ pub enum ConfigError {
         /// What went wrong.
         message: String,
     },
+    /// A volume cannot be set up yet (its source is missing, its token not issued): the pod
+    /// waits in `ContainerCreating` and the kubelet tries again.
+    #[error("MountVolume.SetUp failed for volume {volume:?} : {message}")]
+    Mount {
+        /// The volume.
+        volume: String,
+        /// What is missing.
+        message: String,
+    },
+    /// The Services are not listed yet, so their environment variables are unknown.
+    #[error("services have not yet been read at least once, cannot construct envvars")]
+    ServicesNotListed,
 }
 
-/// Where ConfigMaps and Secrets are read from (the reflector stores in the
+/// Where ConfigMaps, Secrets and Services are read from (the reflector stores in the
 /// agent, a map in tests).
 pub trait ObjectSource: Send + Sync {
     /// The ConfigMap `namespace/name`.
     fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap>;
     /// The Secret `namespace/name`.
     fn secret(&self, namespace: &str, name: &str) -> Option<Secret>;
+    /// Every Service, or `None` before they have been listed once.
+    fn services(&self) -> Option<Vec<Service>>;
 }
 
 /// What the node adds to a pod's environment.
@@ -203,7 +218,7 @@ fn field_ref(pod: &Pod, ctx: &PodContext<'_>, path: &str) -> Result<String, Conf
     })
 }
 
-fn resource_field(c: &Container, resource: &str, divisor: Option<&str>) -> String {
+pub(crate) fn resource_field(c: &Container, resource: &str, divisor: Option<&str>) -> String {
     let (which, name) = resource.split_once('.').unwrap_or(("limits", resource));
     let r = c.resources.as_ref();
     let map = match which {
@@ -274,7 +289,65 @@ fn config_map_value(cm: &ConfigMap, key: &str) -> Option<String> {
     })
 }
 
-/// The container's environment, in order, with every source resolved.
+/// `FOO-BAR` → `FOO_BAR` (upstream's `makeEnvVariableName`).
+fn env_name(s: &str) -> String {
+    s.to_uppercase().replace('-', "_")
+}
+
+/// The environment variables of Services a container gets (upstream's
+/// `getServiceEnvVarMap` and `envvars.FromServices`): those of `default/kubernetes` always,
+/// those of the pod's own namespace with `enableServiceLinks`; `{NAME}_SERVICE_HOST`,
+/// `{NAME}_SERVICE_PORT`, one `{NAME}_SERVICE_PORT_{PORT}` per named port, and the Docker
+/// link family `{NAME}_PORT`, `{NAME}_PORT_{n}_{PROTO}` with `_PROTO`, `_PORT`, `_ADDR`.
+pub fn service_env(services: &[Service], namespace: &str, enable_links: bool) -> BTreeMap<String, String> {
+    let mut chosen: BTreeMap<String, &Service> = BTreeMap::new();
+    for svc in services {
+        let ip = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()).unwrap_or_default();
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+        if ns == "default" && name == "kubernetes" {
+            chosen.entry(name).or_insert(svc);
+        } else if ns == namespace && enable_links {
+            chosen.insert(name, svc);
+        }
+    }
+    let mut env = BTreeMap::new();
+    for (name, svc) in chosen {
+        let spec = svc.spec.as_ref();
+        let ip = spec.and_then(|s| s.cluster_ip.clone()).unwrap_or_default();
+        let ports = spec.and_then(|s| s.ports.clone()).unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        let prefix = env_name(&name);
+        env.insert(format!("{prefix}_SERVICE_HOST"), ip.clone());
+        env.insert(format!("{prefix}_SERVICE_PORT"), first.port.to_string());
+        for p in &ports {
+            if let Some(port_name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                env.insert(format!("{prefix}_SERVICE_PORT_{}", env_name(port_name)), p.port.to_string());
+            }
+        }
+        let host = if ip.contains(':') { format!("[{ip}]") } else { ip.clone() };
+        for (i, p) in ports.iter().enumerate() {
+            let proto = p.protocol.clone().unwrap_or_else(|| "TCP".to_owned());
+            let url = format!("{}://{host}:{}", proto.to_lowercase(), p.port);
+            if i == 0 {
+                env.insert(format!("{prefix}_PORT"), url.clone());
+            }
+            let port_prefix = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
+            env.insert(format!("{port_prefix}_PROTO"), proto.to_lowercase());
+            env.insert(format!("{port_prefix}_PORT"), p.port.to_string());
+            env.insert(format!("{port_prefix}_ADDR"), ip.clone());
+            env.insert(port_prefix, url);
+        }
+    }
+    env
+}
+
+/// The container's environment, in order, with every source resolved: the container's own
+/// variables as declared, then the Services' ones it did not set (see [`service_env`]);
+/// `$(VAR)` references may name either.
 pub fn environment(
     pod: &Pod,
     c: &Container,
@@ -282,8 +355,11 @@ pub fn environment(
     objects: &dyn ObjectSource,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let (_, namespace, _) = pod_key(pod);
+    let services = objects.services().ok_or(ConfigError::ServicesNotListed)?;
+    let links = pod.spec.as_ref().and_then(|s| s.enable_service_links).unwrap_or(true);
+    let service_vars = service_env(&services, namespace, links);
     let mut out: Vec<(String, String)> = Vec::new();
-    let mut vars: HashMap<String, String> = HashMap::new();
+    let mut vars: HashMap<String, String> = service_vars.clone().into_iter().collect();
     let set = |out: &mut Vec<(String, String)>, vars: &mut HashMap<String, String>, k: String, v: String| {
         if let Some(slot) = out.iter_mut().find(|(name, _)| *name == k) {
             slot.1 = v.clone();
@@ -372,6 +448,11 @@ pub fn environment(
         };
         set(&mut out, &mut vars, name.clone(), value);
     }
+    for (k, v) in service_vars {
+        if !out.iter().any(|(name, _)| *name == k) {
+            out.push((k, v));
+        }
+    }
     Ok(out)
 }
 
@@ -380,138 +461,6 @@ pub fn volume_path(ctx: &PodContext<'_>, volume: &Volume) -> PathBuf {
     match &volume.host_path {
         Some(h) => PathBuf::from(&h.path),
         None => ctx.volumes_dir.join(&volume.name),
-    }
-}
-
-fn write_file(dir: &Path, rel: &str, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let rel = rel.trim_start_matches('/');
-    if rel.split('/').any(|p| p == "..") {
-        return Err(std::io::Error::other(format!("path {rel:?} escapes the volume")));
-    }
-    let path = dir.join(rel);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    if std::fs::read(&path).is_ok_and(|old| old == data) {
-        return Ok(());
-    }
-    let tmp = path.with_extension("coxswain-tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    std::fs::rename(&tmp, &path)
-}
-
-/// Creates (or refreshes) the pod's volumes on disk: emptyDir directories,
-/// ConfigMap and Secret files, hostPath directories of type `*OrCreate`.
-pub fn prepare_volumes(
-    pod: &Pod,
-    ctx: &PodContext<'_>,
-    objects: &dyn ObjectSource,
-) -> Result<(), ConfigError> {
-    let (_, namespace, _) = pod_key(pod);
-    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        let dir = volume_path(ctx, v);
-        let fail = |message: String| ConfigError::Volume {
-            volume: v.name.clone(),
-            message,
-        };
-        let io = |e: std::io::Error| ConfigError::Volume {
-            volume: v.name.clone(),
-            message: e.to_string(),
-        };
-        if let Some(h) = &v.host_path {
-            match h.type_.as_deref() {
-                Some("DirectoryOrCreate") => std::fs::create_dir_all(&dir).map_err(io)?,
-                Some("FileOrCreate") => {
-                    if let Some(parent) = dir.parent() {
-                        std::fs::create_dir_all(parent).map_err(io)?;
-                    }
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&dir)
-                        .map_err(io)?;
-                }
-                Some("Directory") if !dir.is_dir() => {
-                    return Err(fail(format!("hostPath {} is not a directory", dir.display())));
-                }
-                Some("File") if !dir.is_file() => {
-                    return Err(fail(format!("hostPath {} is not a file", dir.display())));
-                }
-                _ => {}
-            }
-            continue;
-        }
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut mode = 0o644;
-        if let Some(cm) = &v.config_map {
-            mode = cm.default_mode.map_or(0o644, |m| m as u32);
-            match objects.config_map(namespace, &cm.name) {
-                Some(obj) => {
-                    let mut all: BTreeMap<String, Vec<u8>> = obj
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes()))
-                        .collect();
-                    all.extend(obj.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
-                    files.extend(project(&all, cm.items.as_deref(), &v.name, "ConfigMap", &cm.name, namespace)?);
-                }
-                None if cm.optional == Some(true) => {}
-                None => return Err(ConfigError::ConfigMapNotFound(cm.name.clone())),
-            }
-        } else if let Some(sv) = &v.secret {
-            mode = sv.default_mode.map_or(0o644, |m| m as u32);
-            let name = sv.secret_name.clone().unwrap_or_default();
-            match objects.secret(namespace, &name) {
-                Some(obj) => {
-                    // stringData wins, as the API server's merge into data would make it.
-                    let mut all: BTreeMap<String, Vec<u8>> = obj
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    all.extend(obj.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
-                    files.extend(project(&all, sv.items.as_deref(), &v.name, "Secret", &name, namespace)?);
-                }
-                None if sv.optional == Some(true) => {}
-                None => return Err(ConfigError::SecretNotFound(name)),
-            }
-        }
-        for (rel, data) in files {
-            write_file(&dir, &rel, &data, mode).map_err(io)?;
-        }
-    }
-    Ok(())
-}
-
-fn project(
-    all: &BTreeMap<String, Vec<u8>>,
-    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
-    volume: &str,
-    kind: &'static str,
-    name: &str,
-    namespace: &str,
-) -> Result<Vec<(String, Vec<u8>)>, ConfigError> {
-    let _ = volume;
-    match items {
-        None | Some([]) => Ok(all.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-        Some(items) => items
-            .iter()
-            .map(|i| {
-                all.get(&i.key)
-                    .map(|v| (i.path.clone(), v.clone()))
-                    .ok_or_else(|| ConfigError::KeyNotFound {
-                        kind,
-                        namespace: namespace.into(),
-                        name: name.into(),
-                        key: i.key.clone(),
-                    })
-            })
-            .collect(),
     }
 }
 
@@ -556,7 +505,11 @@ pub fn container_config(
         mounts.push(cri::Mount {
             container_path: m.mount_path.clone(),
             host_path: host.display().to_string(),
-            readonly: m.read_only.unwrap_or(false) || v.config_map.is_some() || v.secret.is_some(),
+            readonly: m.read_only.unwrap_or(false)
+                || v.config_map.is_some()
+                || v.secret.is_some()
+                || v.projected.is_some()
+                || v.downward_api.is_some(),
             ..Default::default()
         });
     }
@@ -629,6 +582,9 @@ mod tests {
                 data: Some([("password".to_owned(), ByteString(b"hunter2".to_vec()))].into()),
                 ..Default::default()
             })
+        }
+        fn services(&self) -> Option<Vec<Service>> {
+            Some(Vec::new())
         }
     }
 
@@ -727,7 +683,7 @@ mod tests {
             {"name": "scratch", "emptyDir": {}},
         ])).unwrap());
         let ctx = PodContext { volumes_dir: dir.path(), ..ctx() };
-        prepare_volumes(&p, &ctx, &Objects).unwrap();
+        crate::volumes::prepare_volumes(&p, &ctx, &Objects, &Default::default()).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("cfg/sub/color.txt")).unwrap(), "blue");
         assert_eq!(std::fs::read_to_string(dir.path().join("sec/password")).unwrap(), "hunter2");
         assert!(dir.path().join("scratch").is_dir());
@@ -737,6 +693,98 @@ mod tests {
         assert_eq!(cfg.mounts.len(), 2);
         assert!(cfg.mounts[0].readonly);
         assert_eq!(cfg.mounts[1].host_path, dir.path().join("scratch").display().to_string());
+    }
+
+    fn service(ns: &str, name: &str, ip: &str, ports: serde_json::Value) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": ip, "ports": ports}})).unwrap()
+    }
+
+    struct WithServices(Vec<Service>);
+    impl ObjectSource for WithServices {
+        fn config_map(&self, _: &str, _: &str) -> Option<ConfigMap> {
+            None
+        }
+        fn secret(&self, _: &str, _: &str) -> Option<Secret> {
+            None
+        }
+        fn services(&self) -> Option<Vec<Service>> {
+            Some(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn the_kubernetes_service_is_in_every_environment() {
+        let services = vec![
+            service("default", "kubernetes", "10.96.0.1", json!([{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}])),
+            service("default", "web-front", "10.96.4.4", json!([{"name": "http", "port": 80}, {"name": "metrics", "port": 9090, "protocol": "UDP"}])),
+            service("default", "headless", "None", json!([{"port": 80}])),
+            service("other", "db", "10.96.5.5", json!([{"port": 5432}])),
+        ];
+        let env = service_env(&services, "default", true);
+        let want: BTreeMap<String, String> = [
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+            ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
+            ("KUBERNETES_PORT_443_TCP", "tcp://10.96.0.1:443"),
+            ("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
+            ("KUBERNETES_PORT_443_TCP_PORT", "443"),
+            ("KUBERNETES_PORT_443_TCP_ADDR", "10.96.0.1"),
+            ("WEB_FRONT_SERVICE_HOST", "10.96.4.4"),
+            ("WEB_FRONT_SERVICE_PORT", "80"),
+            ("WEB_FRONT_SERVICE_PORT_HTTP", "80"),
+            ("WEB_FRONT_SERVICE_PORT_METRICS", "9090"),
+            ("WEB_FRONT_PORT", "tcp://10.96.4.4:80"),
+            ("WEB_FRONT_PORT_80_TCP", "tcp://10.96.4.4:80"),
+            ("WEB_FRONT_PORT_80_TCP_PROTO", "tcp"),
+            ("WEB_FRONT_PORT_80_TCP_PORT", "80"),
+            ("WEB_FRONT_PORT_80_TCP_ADDR", "10.96.4.4"),
+            ("WEB_FRONT_PORT_9090_UDP", "udp://10.96.4.4:9090"),
+            ("WEB_FRONT_PORT_9090_UDP_PROTO", "udp"),
+            ("WEB_FRONT_PORT_9090_UDP_PORT", "9090"),
+            ("WEB_FRONT_PORT_9090_UDP_ADDR", "10.96.4.4"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(env, want);
+        // Elsewhere, or without service links, only the kubernetes Service.
+        let other = service_env(&services, "other", false);
+        assert_eq!(other.keys().filter(|k| k.starts_with("KUBERNETES_")).count(), 8);
+        assert_eq!(other.len(), 8, "{other:?}");
+        assert!(service_env(&services, "other", true).contains_key("DB_SERVICE_HOST"));
+
+        // The container's own variables come first and win; $(VAR) may name a Service's.
+        let p = pod(json!([{"name": "c", "image": "i", "env": [
+            {"name": "KUBERNETES_SERVICE_PORT", "value": "1"},
+            {"name": "API", "value": "https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)"},
+        ]}]));
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let env = environment(&p, c, &ctx(), &WithServices(services)).unwrap();
+        assert_eq!(env[0], ("KUBERNETES_SERVICE_PORT".to_owned(), "1".to_owned()));
+        assert_eq!(env[1], ("API".to_owned(), "https://10.96.0.1:1".to_owned()));
+        assert!(env.contains(&("KUBERNETES_SERVICE_HOST".to_owned(), "10.96.0.1".to_owned())));
+        assert_eq!(env.iter().filter(|(k, _)| k == "KUBERNETES_SERVICE_PORT").count(), 1);
+    }
+
+    #[test]
+    fn unlisted_services_hold_the_container_back() {
+        struct NotYet;
+        impl ObjectSource for NotYet {
+            fn config_map(&self, _: &str, _: &str) -> Option<ConfigMap> {
+                None
+            }
+            fn secret(&self, _: &str, _: &str) -> Option<Secret> {
+                None
+            }
+            fn services(&self) -> Option<Vec<Service>> {
+                None
+            }
+        }
+        let p = pod(json!([{"name": "c", "image": "i"}]));
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert_eq!(environment(&p, c, &ctx(), &NotYet).unwrap_err(), ConfigError::ServicesNotListed);
     }
 
     #[test]

@@ -8,6 +8,12 @@
 //!   `sim.coxswain.dev/run-millis` (default 0); the pod ends Succeeded (N = 0) or Failed,
 //!   unless `restartPolicy` is Always.
 //! - `sim.coxswain.dev/ready: "false"`: the pod runs but never becomes Ready.
+//!
+//! No controller runs in the simulated cluster, so [`SimCluster::start`] creates what the
+//! controller-manager's serviceaccount controller would have: the `default` ServiceAccount of
+//! the `default` namespace, without which the API server admits no pod there. Pods in other
+//! namespaces need that namespace's account ([`SimCluster::create_default_service_account`]
+//! or the real controller, whose work a test then waits for).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,7 +29,7 @@ use kube::runtime::WatchStreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod, Taint,
+    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod, ServiceAccount, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -133,7 +139,7 @@ impl SimCluster {
                 .await;
         });
         let client = client_for(&kubeconfig).await?;
-        Ok(SimCluster {
+        let cluster = SimCluster {
             addr,
             kubeconfig,
             client,
@@ -142,7 +148,30 @@ impl SimCluster {
             next_node: Arc::new(AtomicU32::new(1)),
             security,
             dir,
-        })
+        };
+        // The API server writes the `kubernetes` Service's objects as it starts (its
+        // EndpointSlice last): tests start once they are there.
+        let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(cluster.client(), "default");
+        wait_for(Duration::from_secs(30), || async { Ok(slices.get_opt("kubernetes").await?.is_some()) })
+            .await
+            .context("the API server never wrote the kubernetes Service's EndpointSlice")?;
+        cluster.create_default_service_account("default").await?;
+        Ok(cluster)
+    }
+
+    /// Creates the `default` ServiceAccount of `namespace`, as the serviceaccount controller
+    /// does for every namespace; one that exists already is fine.
+    pub async fn create_default_service_account(&self, namespace: &str) -> Result<()> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client(), namespace);
+        let sa = ServiceAccount {
+            metadata: ObjectMeta { name: Some("default".to_owned()), ..ObjectMeta::default() },
+            ..ServiceAccount::default()
+        };
+        match api.create(&PostParams::default(), &sa).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("create the default ServiceAccount of {namespace}")),
+        }
     }
 
     /// A client of the API server.

@@ -21,7 +21,13 @@ pub(crate) fn pod_spec(spec: &mut Value) {
     set_default(spec, "schedulerName", json!("default-scheduler"));
     set_default(spec, "securityContext", json!({}));
     set_default(spec, "enableServiceLinks", json!(true));
-    set_default(spec, "serviceAccountName", json!("default"));
+    // `serviceAccount` is the deprecated twin of `serviceAccountName` (upstream's conversion
+    // fills each from the other); the ServiceAccount admission plugin sets `default`.
+    let named = |s: &Value, f: &str| s.get(f).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_owned);
+    if let Some(name) = named(spec, "serviceAccountName").or_else(|| named(spec, "serviceAccount")) {
+        spec["serviceAccountName"] = json!(name);
+        spec["serviceAccount"] = json!(name);
+    }
     for list in ["containers", "initContainers"] {
         if let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in containers {
@@ -124,6 +130,11 @@ mod tests {
         assert_eq!(p["spec"]["containers"][0]["ports"][0]["protocol"], "TCP");
         assert_eq!(p["status"]["phase"], "Pending");
         assert_eq!(p["status"]["qosClass"], "BestEffort");
+        assert!(p["spec"].get("serviceAccountName").is_none(), "admission names the account, not defaults");
+        let mut old = json!({"spec": {"serviceAccount": "robot", "containers": []}});
+        pod(&mut old);
+        assert_eq!(old["spec"]["serviceAccountName"], "robot");
+        assert_eq!(old["spec"]["serviceAccount"], "robot");
     }
 
     #[test]

@@ -18,7 +18,8 @@ const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 /// Attempts at a free generated name before giving up.
 const GENERATE_ATTEMPTS: usize = 8;
 
-fn random_suffix() -> String {
+/// Five random characters, as upstream's generated names use.
+pub(crate) fn random_suffix() -> String {
     let bytes = uuid::Uuid::new_v4().into_bytes();
     bytes[..5]
         .iter()
@@ -94,6 +95,10 @@ pub(crate) async fn create_object_as(
     };
     write::stamp_new(ctx, &mut obj);
     (rt.defaults)(&mut obj);
+    if rt.group.is_empty() && rt.kind == "Pod" {
+        let ns = ctx.namespace.clone().unwrap_or_default();
+        crate::security::serviceaccount::admit(ctx, &ns, &mut obj).await?;
+    }
     ownership.record(ctx, None, &mut obj);
     crate::security::admission::mutate_create(ctx, &mut obj);
     write::invalid(ctx, &name, validation::validate(rt, &obj, None))?;

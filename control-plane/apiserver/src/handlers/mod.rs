@@ -9,7 +9,7 @@ mod node_proxy;
 mod patch;
 mod update;
 mod watch;
-mod write;
+pub(crate) mod write;
 
 use std::sync::Arc;
 

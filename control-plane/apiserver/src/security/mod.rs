@@ -13,6 +13,7 @@ pub(crate) mod bootstrap;
 pub(crate) mod encryption;
 pub(crate) mod noderestriction;
 pub(crate) mod reviews;
+pub(crate) mod serviceaccount;
 pub(crate) mod tls;
 pub(crate) mod tokens;
 

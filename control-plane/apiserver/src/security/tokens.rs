@@ -49,7 +49,7 @@ fn invalid(ctx: &Ctx, name: &str, cause: Cause) -> ApiError {
 }
 
 /// `POST .../serviceaccounts/<name>/token`.
-pub(crate) async fn token_request(ctx: &Ctx, _user: &UserInfo, body: Bytes) -> Result<Response> {
+pub(crate) async fn token_request(ctx: &Ctx, user: &UserInfo, body: Bytes) -> Result<Response> {
     let state = &ctx.state;
     let namespace = ctx.namespace.clone().unwrap_or_default();
     let name = ctx.name.clone().unwrap_or_default();
@@ -57,6 +57,14 @@ pub(crate) async fn token_request(ctx: &Ctx, _user: &UserInfo, body: Bytes) -> R
     let request: k8s_openapi::api::authentication::v1::TokenRequest = serde_json::from_value(request)
         .map_err(|e| ApiError::BadRequest(format!("the TokenRequest is malformed: {e}")))?;
     let spec = request.spec.unwrap_or_default();
+    let bound_pod = match spec.bound_object_ref.as_ref() {
+        Some(r) if r.kind.as_deref() == Some("Pod") => {
+            stored(state, "pods", &namespace, r.name.as_deref().unwrap_or_default()).await?
+        }
+        _ => None,
+    };
+    crate::security::noderestriction::admit_token_request(state, user, &namespace, &name, &spec, bound_pod.as_ref())
+        .await?;
     let sa = stored(state, "serviceaccounts", &namespace, &name)
         .await?
         .ok_or_else(|| ApiError::NotFound(ctx.target(&name)))?;
@@ -83,9 +91,15 @@ pub(crate) async fn token_request(ctx: &Ctx, _user: &UserInfo, body: Bytes) -> R
         None => (None, None),
         Some(r) if r.kind.as_deref() == Some("Pod") => {
             let pod_name = r.name.clone().unwrap_or_default();
-            let pod = stored(state, "pods", &namespace, &pod_name)
-                .await?
+            let pod = bound_pod
+                .clone()
                 .ok_or_else(|| ApiError::NotFound(Target::new("", "pods", &pod_name)))?;
+            let pod_sa = pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or_default();
+            if pod_sa != name {
+                return Err(ApiError::BadRequest(format!(
+                    "cannot bind token for serviceaccount {name:?} to pod running with different serviceaccount name."
+                )));
+            }
             let pod_uid = uid(&pod);
             if r.uid.as_deref().is_some_and(|u| !u.is_empty() && u != pod_uid) {
                 return Err(ApiError::Conflict(

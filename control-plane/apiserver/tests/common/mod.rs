@@ -104,10 +104,14 @@ impl Drop for TestServer {
     }
 }
 
-/// The configuration tests use: bookmarks every 200 ms.
+/// The configuration tests use: bookmarks every 200 ms; the `kubernetes` Service's
+/// reconciler writes its first round at start, then not again within a test (tests that check
+/// that a request wrote nothing compare store revisions).
 pub fn test_config() -> ServerConfig {
     ServerConfig {
         bookmark_interval: Duration::from_millis(200),
+        endpoint_reconcile_interval: Duration::from_secs(600),
+        endpoint_lease_ttl: Duration::from_secs(900),
         ..ServerConfig::default()
     }
 }
@@ -128,14 +132,26 @@ impl TestServer {
         config: ServerConfig,
         token_file: &str,
     ) -> Result<TestServer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(store, config, token_file, listener).await
+    }
+
+    /// A server on `listener` (a loopback address; its certificate names it).
+    pub async fn start_on(
+        store: Arc<dyn Store>,
+        config: ServerConfig,
+        token_file: &str,
+        listener: tokio::net::TcpListener,
+    ) -> Result<TestServer> {
+        let addr = listener.local_addr()?;
         let dir = tempfile::tempdir()?;
-        let mut security =
-            Security::load_or_create(&dir.path().join("pki"), SubjectNames::loopback(None))?;
+        let mut names = SubjectNames::loopback(None);
+        let ip = addr.ip().to_string();
+        names.extend([ip.as_str()]);
+        let mut security = Security::load_or_create(&dir.path().join("pki"), names)?;
         security.tokens =
             coxswain_auth::authn::TokenFile::parse(token_file).map_err(anyhow::Error::msg)?;
         let server = ApiServer::new(store, config, security).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let kubeconfig = dir.path().join("admin.kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -150,14 +166,60 @@ impl TestServer {
                 })
                 .await;
         });
-        Ok(TestServer {
+        let server = TestServer {
             addr,
             kubeconfig,
             security,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
-        })
+        };
+        server.wait_for_kubernetes_service().await?;
+        server.create_default_service_account("default").await?;
+        Ok(server)
+    }
+
+    /// Waits until the first round of the `kubernetes` Service's reconciler is written (its
+    /// EndpointSlice is its last write), so that a test starts on a quiet store.
+    pub async fn wait_for_kubernetes_service(&self) -> Result<()> {
+        let http = Http::new(self);
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let reply = http.get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes").await?;
+            if reply.status == 200 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the kubernetes Service's EndpointSlice never appeared: {}", reply.json());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Creates the `default` ServiceAccount of `namespace` (what the controller-manager's
+    /// serviceaccount controller does in a cluster; these tests run no controllers), so that
+    /// pods are admitted. One that exists already is fine.
+    pub async fn create_default_service_account(&self, namespace: &str) -> Result<()> {
+        let sa = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+        let reply = Http::new(self)
+            .post_json(&format!("/api/v1/namespaces/{namespace}/serviceaccounts"), &sa)
+            .await?;
+        if reply.status != 201 && reply.status != 409 {
+            bail!("creating the default ServiceAccount of {namespace}: {} {}", reply.status, reply.json());
+        }
+        Ok(())
+    }
+
+    /// Stops the server gracefully (it removes itself from the `kubernetes` Service's
+    /// endpoints) and waits until it has.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(STEP, task).await.context("the server did not stop")??;
+        }
+        Ok(())
     }
 
     pub fn url(&self, path: &str) -> String {
