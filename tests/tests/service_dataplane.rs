@@ -442,6 +442,25 @@ fn hairpin_a_pod_reaches_itself_through_its_service() {
     assert_eq!(seen_as, format!("b1:{VIP}"));
 }
 
+/// Waits until the kernel marked the flow from client port `port` closing. `abort` returns
+/// once the RST is queued; the node's softirq may handle it after a SYN the client sends
+/// next from another CPU, and the test is about what happens after the close.
+fn wait_closing(fx: &Fixture, port: u16) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        let entries = fx.dataplane.conntrack(10_000).expect("read conntrack");
+        if entries.iter().any(|(k, v)| {
+            k.dir == coxswain_ebpf_common::ct_dir::FORWARD
+                && k.sport == port.to_be()
+                && v.flags & coxswain_ebpf_common::ct_flags::CLOSING != 0
+        }) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("the flow from port {port} was never marked closing");
+}
+
 #[test]
 fn closed_connections_are_collected_and_a_reused_port_is_balanced_afresh() {
     let mut fx = Fixture::new(215);
@@ -451,6 +470,7 @@ fn closed_connections_are_collected_and_a_reused_port_is_balanced_afresh() {
     let (mut open, open_name) = connect_from(&fx, 40100).expect("open connection");
     let (closed, first) = connect_from(&fx, 40123).expect("first connection");
     abort(closed);
+    wait_closing(&fx, 40123);
 
     // The backend of the closed connection leaves the Service but keeps running.
     let chosen: u32 = first.trim_start_matches('b').parse().expect("backend name");
@@ -467,9 +487,10 @@ fn closed_connections_are_collected_and_a_reused_port_is_balanced_afresh() {
         let (again, name) = connect_from(&fx, 40123).expect("reconnect from the same port");
         assert_ne!(name, first, "round {i}: a reused port followed the closed connection");
         abort(again);
+        wait_closing(&fx, 40123);
     }
-    // Each reuse replaced the closed flow's entries: one reply entry for port 40123 left.
     let entries = fx.dataplane.conntrack(10_000).expect("read conntrack");
+    // Each reuse replaced the closed flow's entries: one reply entry for port 40123 left.
     let replies_to_reused_port = entries
         .iter()
         .filter(|(k, _)| k.dir == coxswain_ebpf_common::ct_dir::REPLY && k.dport == 40123u16.to_be())

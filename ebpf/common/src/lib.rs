@@ -46,11 +46,15 @@ pub mod names {
     /// LRU hash map: [`AffinityKeyV4`](crate::AffinityKeyV4) →
     /// [`AffinityValue`](crate::AffinityValue).
     pub const AFFINITY_V4: &str = "AFFINITY_V4";
-    /// Per-CPU hash map: service id (`u32`) → [`Counters`](crate::Counters),
-    /// packets and bytes of translated flows (both directions).
-    pub const SERVICE_STATS: &str = "SERVICE_STATS";
-    /// Per-CPU hash map: backend id (`u32`) → [`Counters`](crate::Counters).
-    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Per-CPU array indexed by service id → [`Counters`](crate::Counters),
+    /// packets and bytes of translated flows (both directions). An array:
+    /// ids are dense, and an array lookup costs the packet path no hashing.
+    pub const SERVICE_COUNTERS: &str = "SERVICE_COUNTERS";
+    /// Per-CPU array indexed by backend id → [`Counters`](crate::Counters).
+    pub const BACKEND_COUNTERS: &str = "BACKEND_COUNTERS";
+    /// Maps of earlier versions a loader removes from the pin directory
+    /// (per-CPU hash maps the counter arrays replaced).
+    pub const RETIRED: &[&str] = &["SERVICE_STATS", "BACKEND_STATS"];
     /// tc classifier for the node's uplink: NodePort, externalIPs and
     /// load-balancer IPs from other machines (honours
     /// `externalTrafficPolicy`), and the replies of source-NATed flows.
@@ -59,8 +63,8 @@ pub mod names {
     /// flows translated, and those to other nodes sent back out, before an
     /// skb exists); what it does not handle passes to `nodeport_tc`.
     pub const PROG_NODEPORT_XDP: &str = "nodeport_xdp";
-    /// Per-CPU hash map: a [`nodeport_verdict`](crate::nodeport_verdict) →
-    /// [`Counters`](crate::Counters): what `nodeport_xdp` did with packets.
+    /// Per-CPU array indexed by [`nodeport_verdict`](crate::nodeport_verdict)
+    /// → [`Counters`](crate::Counters): what `nodeport_xdp` did with packets.
     pub const NODEPORT_XDP_STATS: &str = "NODEPORT_XDP_STATS";
     /// tc classifier on the uplink's egress: replies of external flows get
     /// the Service address back as their source.
@@ -74,9 +78,11 @@ pub mod names {
     pub const MAGLEV_V4: &str = "MAGLEV_V4";
 }
 
-/// What the NodePort XDP program did with a packet (keys of
+/// What the NodePort XDP program did with a packet (indexes of
 /// `NODEPORT_XDP_STATS`).
 pub mod nodeport_verdict {
+    /// Every verdict, in index order.
+    pub const ALL: [u32; 3] = [LOCAL, TX, PASS];
     /// Translated for a backend on this node and passed up the stack.
     pub const LOCAL: u32 = 0;
     /// Translated and sent back out of the uplink (a backend on another

@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail},
     macros::{classifier, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use coxswain_ebpf_common::{
@@ -58,30 +58,24 @@ static AFFINITY_V4: LruHashMap<AffinityKeyV4, AffinityValue> =
 
 /// Packets and bytes per Service frontend (by service id), per CPU.
 #[map]
-pub(crate) static SERVICE_STATS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(REV_NAT_MAX_ENTRIES, 0);
+pub(crate) static SERVICE_COUNTERS: PerCpuArray<Counters> =
+    PerCpuArray::pinned(REV_NAT_MAX_ENTRIES, 0);
 
 /// Packets and bytes per backend (by backend id), per CPU.
 #[map]
-pub(crate) static BACKEND_STATS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
+pub(crate) static BACKEND_COUNTERS: PerCpuArray<Counters> =
+    PerCpuArray::pinned(BACKENDS_MAX_ENTRIES, 0);
 
 /// Adds one packet of `len` bytes to a counter map entry.
 #[inline(always)]
-pub(crate) fn count(map: &PerCpuHashMap<u32, Counters>, id: u32, len: u64) {
-    match map.get_ptr_mut(&id) {
+pub(crate) fn count(map: &PerCpuArray<Counters>, id: u32, len: u64) {
+    // Ids are bounded by the array's size (the agent allocates them so);
+    // an out-of-range one is simply not counted.
+    if let Some(c) = map.get_ptr_mut(id) {
         // SAFETY: a per-CPU value: only this CPU writes it while we run.
-        Some(c) => unsafe {
+        unsafe {
             (*c).packets += 1;
             (*c).bytes += len;
-        },
-        None => {
-            let _ = map.insert(
-                &id,
-                &Counters {
-                    packets: 1,
-                    bytes: len,
-                },
-                0,
-            );
         }
     }
 }
@@ -204,37 +198,41 @@ impl Flow {
     }
 }
 
+/// Reads the packet's headers in two loads (Ethernet and IPv4 headers,
+/// then the start of the L4 header), rather than one helper call per field.
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Result<Option<Flow>, ()> {
-    let ether_type = u16::from_be(ctx.load::<u16>(12).map_err(|_| ())?);
-    if ether_type != ETH_P_IP {
+    // Shorter frames carry no IPv4 header, so nothing to translate.
+    let Ok(head) = ctx.load::<[u8; ETH_HLEN + 20]>(0) else {
+        return Ok(None);
+    };
+    if u16::from_be_bytes([head[12], head[13]]) != ETH_P_IP {
         return Ok(None);
     }
-    let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| ())?;
-    let ihl = usize::from(vihl & 0x0f) * 4;
+    let ihl = usize::from(head[ETH_HLEN] & 0x0f) * 4;
     if ihl < 20 {
         return Err(());
     }
     // Only the first fragment carries ports; later fragments pass through.
-    let frag: u16 = u16::from_be(ctx.load(ETH_HLEN + 6).map_err(|_| ())?);
-    if frag & 0x1fff != 0 {
+    if u16::from_be_bytes([head[ETH_HLEN + 6], head[ETH_HLEN + 7]]) & 0x1fff != 0 {
         return Ok(None);
     }
-    let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| ())?;
-    if proto != proto::TCP && proto != proto::UDP && proto != proto::SCTP {
-        return Ok(None);
-    }
+    let proto = head[ETH_HLEN + 9];
     let l4_off = ETH_HLEN + ihl;
-    let tcp_flags = if proto == proto::TCP {
-        ctx.load::<u8>(l4_off + 13).map_err(|_| ())?
-    } else {
-        0
+    let (ports, tcp_flags) = match proto {
+        proto::TCP => {
+            let l4: [u8; 14] = ctx.load(l4_off).map_err(|_| ())?;
+            ([l4[0], l4[1], l4[2], l4[3]], l4[13])
+        }
+        proto::UDP | proto::SCTP => (ctx.load::<[u8; 4]>(l4_off).map_err(|_| ())?, 0),
+        _ => return Ok(None),
     };
+    let word = |at: usize| u32::from_ne_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
     Ok(Some(Flow {
-        saddr: ctx.load(IP_SRC_OFF).map_err(|_| ())?,
-        daddr: ctx.load(IP_DST_OFF).map_err(|_| ())?,
-        sport: ctx.load(l4_off).map_err(|_| ())?,
-        dport: ctx.load(l4_off + 2).map_err(|_| ())?,
+        saddr: word(IP_SRC_OFF),
+        daddr: word(IP_DST_OFF),
+        sport: u16::from_ne_bytes([ports[0], ports[1]]),
+        dport: u16::from_ne_bytes([ports[2], ports[3]]),
         proto,
         l4_off,
         tcp_flags,
@@ -252,8 +250,8 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
     // (and, for a source-NATed flow, the client as the destination).
     if let Some(ct) = reply_entry(&flow, now) {
         let len = u64::from(ctx.len());
-        count(&SERVICE_STATS, ct.service_id, len);
-        count(&BACKEND_STATS, ct.backend_id, len);
+        count(&SERVICE_COUNTERS, ct.service_id, len);
+        count(&BACKEND_COUNTERS, ct.backend_id, len);
         if ct.flags & ct_flags::SNAT != 0 {
             rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, ct.client_addr)?;
         }
@@ -288,8 +286,8 @@ fn try_service(ctx: &TcContext, external: bool) -> Result<i32, ()> {
         Forward::Drop => return Ok(TC_ACT_SHOT),
     };
     let len = u64::from(ctx.len());
-    count(&SERVICE_STATS, ct.service_id, len);
-    count(&BACKEND_STATS, ct.backend_id, len);
+    count(&SERVICE_COUNTERS, ct.service_id, len);
+    count(&BACKEND_COUNTERS, ct.backend_id, len);
     // Hairpin flows take their new source here; external flows on the
     // uplink's egress (`nodeport_egress_tc`), after routing.
     if ct.flags & ct_flags::SNAT != 0 && ct.flags & ct_flags::EXTERNAL == 0 {

@@ -17,17 +17,17 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
     helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
     macros::{map, xdp},
-    maps::PerCpuHashMap,
+    maps::PerCpuArray,
     programs::XdpContext,
 };
 use coxswain_ebpf_common::{Counters, ct_flags, nodeport_verdict, proto};
 
 /// Packets and bytes per verdict (`nodeport_verdict`), per CPU.
 #[map]
-static NODEPORT_XDP_STATS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(4, 0);
+static NODEPORT_XDP_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(4, 0);
 
 use crate::service::{
-    BACKEND_STATS, Flow, Forward, REV_NAT_V4, SERVICE_STATS, count, forward_flow, lookup_master,
+    BACKEND_COUNTERS, Flow, Forward, REV_NAT_V4, SERVICE_COUNTERS, count, forward_flow, lookup_master,
     reply_entry,
 };
 
@@ -143,8 +143,8 @@ fn try_nodeport_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         };
         rewrite(ctx, &flow, Some((rev.addr, rev.port)), (ct.client_addr, flow.dport))?;
         set_macs(ctx, &macs)?;
-        count(&SERVICE_STATS, ct.service_id, len);
-        count(&BACKEND_STATS, ct.backend_id, len);
+        count(&SERVICE_COUNTERS, ct.service_id, len);
+        count(&BACKEND_COUNTERS, ct.backend_id, len);
         count(&NODEPORT_XDP_STATS, nodeport_verdict::TX, len);
         return Ok(xdp_action::XDP_TX);
     }
@@ -175,16 +175,16 @@ fn try_nodeport_xdp(ctx: &XdpContext) -> Result<u32, ()> {
             (ct.backend_addr, ct.backend_port),
         )?;
         set_macs(ctx, &macs)?;
-        count(&SERVICE_STATS, ct.service_id, len);
-        count(&BACKEND_STATS, ct.backend_id, len);
+        count(&SERVICE_COUNTERS, ct.service_id, len);
+        count(&BACKEND_COUNTERS, ct.backend_id, len);
         count(&NODEPORT_XDP_STATS, nodeport_verdict::TX, len);
         return Ok(xdp_action::XDP_TX);
     }
     // A backend on this node: rewritten here, routed to the pod by the
     // kernel. Its replies leave through the uplink's egress program.
     rewrite(ctx, &flow, None, (ct.backend_addr, ct.backend_port))?;
-    count(&SERVICE_STATS, ct.service_id, len);
-    count(&BACKEND_STATS, ct.backend_id, len);
+    count(&SERVICE_COUNTERS, ct.service_id, len);
+    count(&BACKEND_COUNTERS, ct.backend_id, len);
     count(&NODEPORT_XDP_STATS, nodeport_verdict::LOCAL, len);
     Ok(xdp_action::XDP_PASS)
 }

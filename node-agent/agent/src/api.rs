@@ -110,11 +110,12 @@ async fn services(State(state): State<ApiState>) -> Response {
             Ok(d) => d,
             Err(e) => return unavailable(e),
         };
-        let ss = match dp.service_stats() {
+        let service_ids = dump.services.values().map(|v| v.service_id);
+        let ss = match dp.service_stats(service_ids.collect::<std::collections::BTreeSet<_>>()) {
             Ok(s) => s,
             Err(e) => return unavailable(e),
         };
-        let bs = match dp.backend_stats() {
+        let bs = match dp.backend_stats(dump.backends.keys().copied()) {
             Ok(s) => s,
             Err(e) => return unavailable(e),
         };

@@ -100,6 +100,15 @@ impl Dataplane {
     /// into the kernel until it is first attached.
     pub fn load(bytes: &[u8], options: &LoadOptions) -> Result<Self> {
         crate::bpffs::ensure_pin_dir(&options.pin_dir)?;
+        // Maps an earlier version pinned and this one replaced.
+        for retired in names::RETIRED {
+            match std::fs::remove_file(options.pin_dir.join(retired)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    warn!(map = retired, error = %e, "failed to remove a retired pinned map");
+                }
+                _ => {}
+            }
+        }
         let mut ebpf = aya::EbpfLoader::new()
             .default_map_pin_directory(&options.pin_dir)
             .load(bytes)
@@ -463,31 +472,52 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Packets and bytes per Service frontend (by service id), summed over
-    /// CPUs.
-    pub fn service_stats(&self) -> Result<std::collections::BTreeMap<u32, Counters>> {
-        self.id_counters(names::SERVICE_STATS)
+    /// Packets and bytes of the Service frontends `ids` (service ids),
+    /// summed over CPUs. Ids never counted are left out.
+    pub fn service_stats(
+        &self,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<std::collections::BTreeMap<u32, Counters>> {
+        self.array_counters(names::SERVICE_COUNTERS, ids)
     }
 
-    /// Packets and bytes per backend (by backend id), summed over CPUs.
-    pub fn backend_stats(&self) -> Result<std::collections::BTreeMap<u32, Counters>> {
-        self.id_counters(names::BACKEND_STATS)
+    /// Packets and bytes of the backends `ids`, summed over CPUs.
+    pub fn backend_stats(
+        &self,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<std::collections::BTreeMap<u32, Counters>> {
+        self.array_counters(names::BACKEND_COUNTERS, ids)
     }
 
     /// Packets and bytes per NodePort XDP verdict
     /// ([`coxswain_ebpf_common::nodeport_verdict`]), summed over CPUs.
     pub fn nodeport_xdp_stats(&self) -> Result<std::collections::BTreeMap<u32, Counters>> {
-        self.id_counters(names::NODEPORT_XDP_STATS)
+        self.array_counters(
+            names::NODEPORT_XDP_STATS,
+            coxswain_ebpf_common::nodeport_verdict::ALL,
+        )
     }
 
-    fn id_counters(&self, name: &'static str) -> Result<std::collections::BTreeMap<u32, Counters>> {
+    fn array_counters(
+        &self,
+        name: &'static str,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<std::collections::BTreeMap<u32, Counters>> {
         let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
-        let map: PerCpuHashMap<_, u32, Counters> =
-            PerCpuHashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+        let map: aya::maps::PerCpuArray<_, Counters> =
+            aya::maps::PerCpuArray::try_from(map).map_err(|source| Error::Map { name, source })?;
         let mut out = std::collections::BTreeMap::new();
-        for entry in map.iter() {
-            let (id, values) = entry.map_err(|source| Error::Map { name, source })?;
-            out.insert(id, sum_per_cpu(values.iter()));
+        for id in ids {
+            let values = match map.get(&id, 0) {
+                Ok(values) => values,
+                // An id beyond the array was never counted.
+                Err(aya::maps::MapError::OutOfBounds { .. }) => continue,
+                Err(source) => return Err(Error::Map { name, source }),
+            };
+            let sum = sum_per_cpu(values.iter());
+            if sum.packets > 0 {
+                out.insert(id, sum);
+            }
         }
         Ok(out)
     }
