@@ -1,6 +1,6 @@
 //! A one-node cluster for kubelet tests: the control plane in one network
-//! namespace, the node agent (kubelet only) with its own containerd in
-//! another, joined by a veth pair with private addresses. The CNI bridge,
+//! namespace, the node agent (kubelet only, with its own node identity) with
+//! its own containerd in another, joined by a veth pair with private addresses. The CNI bridge,
 //! pod veths and portmap rules all live in the node's namespace and vanish
 //! with it. Images are built from busybox-static and preloaded.
 //!
@@ -49,8 +49,11 @@ pub struct KubeletEnv {
     pub veth: VethPair,
     /// Data of everything (deleted on drop).
     pub dir: tempfile::TempDir,
-    /// kubectl's kubeconfig.
+    /// kubectl's kubeconfig (the cluster admin).
     pub kubeconfig: PathBuf,
+    /// The node's own kubeconfig (`system:node:<name>` in `system:nodes`), as `xtask up`
+    /// gives node 1; its serving certificate is kept beside it.
+    pub node_kubeconfig: PathBuf,
     /// The Node's name.
     pub node_name: String,
     /// The node's pod CIDR (`10.237.<index>.0/24`).
@@ -115,7 +118,9 @@ impl KubeletEnv {
             .spawn()
             .expect("start the control plane");
         let kubeconfig = cp_data.join("admin.kubeconfig");
+        let node_kubeconfig = dir.path().join("node/kubelet.kubeconfig");
         let mut env = KubeletEnv {
+            node_kubeconfig,
             node_name: format!("node-{}-{index}", std::process::id() % 100_000),
             pod_cidr: format!("10.237.{index}.0/24"),
             veth,
@@ -131,8 +136,55 @@ impl KubeletEnv {
             assert!(Instant::now() < deadline, "the control plane did not start: {}", env.log("control-plane.log"));
             std::thread::sleep(Duration::from_millis(50));
         }
+        env.issue_node_identity();
         env.start_agent();
         env
+    }
+
+    /// The control plane's data directory (its PKI is in `pki/`).
+    pub fn control_plane_dir(&self) -> PathBuf {
+        self.dir.path().join("control-plane")
+    }
+
+    /// The API server's URL.
+    pub fn server_url(&self) -> String {
+        format!("https://{}:6443", self.veth.a_addr)
+    }
+
+    /// A kubeconfig for `user` in `groups` with a certificate from the cluster CA.
+    pub fn issue_kubeconfig(&self, user: &str, groups: &[&str], out: &Path) {
+        let mut cmd = Command::new(binary("coxswain-control-plane"));
+        cmd.arg("--data-dir").arg(self.control_plane_dir()).args(["kubeconfig", "--user", user]);
+        for g in groups {
+            cmd.args(["--group", g]);
+        }
+        let issued = cmd.args(["--server", &self.server_url()]).arg("--output").arg(out).output().expect("run coxswain-control-plane kubeconfig");
+        assert!(issued.status.success(), "issuing {user}'s kubeconfig failed: {}", String::from_utf8_lossy(&issued.stderr));
+    }
+
+    fn issue_node_identity(&self) {
+        std::fs::create_dir_all(self.node_kubeconfig.parent().unwrap()).unwrap();
+        self.issue_kubeconfig(&format!("system:node:{}", self.node_name), &["system:nodes"], &self.node_kubeconfig);
+    }
+
+    /// Where the kubelet keeps its serving certificate and key.
+    pub fn serving_cert_path(&self) -> PathBuf {
+        self.node_kubeconfig.with_file_name(coxswain_kubelet::SERVING_FILE)
+    }
+
+    /// Waits until the kubelet serves its endpoint (it has a serving certificate and
+    /// listens); returns the certificate file's contents.
+    pub fn wait_serving(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr: std::net::SocketAddr = format!("{}:10250", self.veth.b_addr).parse().unwrap();
+        loop {
+            let listening = self.veth.a.run_in(|| Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok())).unwrap_or(false);
+            if listening && let Ok(text) = std::fs::read_to_string(self.serving_cert_path()) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "the kubelet never served its endpoint\n{}", self.log("agent.log"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// A file of the data directory, for failure messages.
@@ -169,7 +221,7 @@ impl KubeletEnv {
         let mut cmd = self.in_node(&binary("coxswain-node-agent"));
         cmd.arg("--kubelet")
             .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+            .arg(&self.node_kubeconfig)
             .args(["--node-name", &self.node_name, "--node-ip", &self.veth.b_addr])
             .args(["--metrics-addr", "127.0.0.1:10249"])
             .arg("--kubelet-root-dir")
