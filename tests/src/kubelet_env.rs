@@ -277,6 +277,46 @@ impl KubeletEnv {
         child.wait_with_output().expect("kubectl output")
     }
 
+    /// Runs kubectl on a terminal of its own (see [`PtyKubectl`]).
+    pub fn kubectl_pty(&self, args: &[&str]) -> PtyKubectl {
+        use std::io::Read;
+        let size = nix::pty::Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(Some(&size), None).expect("open a pty");
+        let slave_path = nix::unistd::ttyname(&pty.slave).expect("the pty's name");
+        let stdio = |fd: &std::os::fd::OwnedFd| Stdio::from(fd.try_clone().expect("dup the pty"));
+        // `setsid --ctty` makes the pty kubectl's controlling terminal, so resizes reach it.
+        let child = Command::new("setsid")
+            .arg("--ctty")
+            .arg("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.veth.a.name()))
+            .arg(kubectl_path())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env("TERM", "xterm")
+            .stdin(stdio(&pty.slave))
+            .stdout(stdio(&pty.slave))
+            .stderr(stdio(&pty.slave))
+            .spawn()
+            .expect("run kubectl on a pty");
+        drop(pty.slave);
+        let master = std::fs::File::from(pty.master);
+        let mut read_end = master.try_clone().expect("dup the pty master");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = output.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once every process holding the terminal has exited.
+            while let Ok(n) = read_end.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        PtyKubectl { child, master, slave_path, output, reader: Some(reader) }
+    }
+
     /// Runs kubectl and asserts it succeeded; returns stdout.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let out = self.kubectl_raw(args, None);
@@ -396,6 +436,78 @@ impl KubeletEnv {
                 let _ = tokio::time::timeout(Duration::from_secs(10), cri.remove_sandbox(&s.id)).await;
             }
         });
+    }
+}
+
+/// kubectl on a terminal of its own (a pty whose other end the test holds), in the
+/// control plane's network namespace: what `kubectl exec -it` and `kubectl attach -it`
+/// need. The terminal starts at 24 rows by 80 columns.
+#[derive(Debug)]
+pub struct PtyKubectl {
+    child: Child,
+    master: std::fs::File,
+    slave_path: PathBuf,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PtyKubectl {
+    /// Types `text` on the terminal.
+    pub fn send(&mut self, text: &str) {
+        self.master.write_all(text.as_bytes()).expect("write to the terminal");
+        self.master.flush().expect("flush the terminal");
+    }
+
+    /// Everything kubectl printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the output contains `needle`; returns the output. Panics after `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.output();
+            if out.contains(needle) {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "the terminal never showed {needle:?} within {timeout:?}; it shows:\n{out}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Resizes the terminal (the kernel tells kubectl with SIGWINCH).
+    pub fn resize(&self, rows: u16, cols: u16) {
+        let out = Command::new("stty")
+            .arg("-F")
+            .arg(&self.slave_path)
+            .args(["rows", &rows.to_string(), "cols", &cols.to_string()])
+            .output()
+            .expect("run stty");
+        assert!(out.status.success(), "stty: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Waits for kubectl to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "kubectl did not exit within {timeout:?}; the terminal shows:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PtyKubectl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The reader ends once no process holds the terminal's other end.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }
 
