@@ -802,18 +802,23 @@ fn exec_with_a_terminal_attach_and_run_interactively() {
     env.wait_ready("reader");
     env.wait_serving();
 
-    // exec -it: a real terminal of the starting size, then resized with ours.
-    let mut term = env.kubectl_pty(&["exec", "-it", "shell", "--", "sh", "-c", "tty; stty size; while read l; do [ \"$l\" = q ] && exit 5; echo size=$(stty size); done"]);
-    let shown = term.wait_for("24 80", Duration::from_secs(30));
-    assert!(shown.contains("/dev/pts/"), "tty printed no terminal: {shown}");
+    // exec -it: a real terminal, of our terminal's size, following its resizes.
+    let mut term = env.kubectl_pty(&["exec", "-it", "shell", "--", "sh", "-c", "tty; while read l; do [ \"$l\" = q ] && exit 5; echo size=$(stty size 2>&1); done"]);
+    let shown = term.wait_for("/dev/pts/", Duration::from_secs(30));
+    assert!(!shown.contains("not a tty"), "{shown}");
+    // Sizes travel on their own channel and apply once the process runs (containerd starts
+    // it with no size): type lines until the shell reports the size.
+    let size_shows = |term: &mut coxswain_tests::kubelet_env::PtyKubectl, size: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !term.output().contains(&format!("size={size}")) {
+            assert!(Instant::now() < deadline, "the container's terminal never had size {size}: {}", term.output());
+            term.send("\r");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    size_shows(&mut term, "24 80");
     term.resize(40, 100);
-    // The resize travels on its own channel: type lines until the shell sees it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !term.output().contains("size=40 100") {
-        assert!(Instant::now() < deadline, "the resize never reached the container: {}", term.output());
-        term.send("\r");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    size_shows(&mut term, "40 100");
     term.send("q\r");
     assert_eq!(term.wait_exit(Duration::from_secs(20)), Some(5), "{}", term.output());
     drop(term);

@@ -47,7 +47,8 @@ const BAD_TOKEN_TTL: Duration = Duration::from_secs(30);
 const CACHE_LIMIT: usize = 4096;
 
 /// The user of the client certificate the connection was opened with (verified against the
-/// cluster CA during the handshake), if any: a request extension set by the TLS listener.
+/// cluster CA during the handshake), if any: the connection info the TLS listener gives
+/// every request of the connection (`ConnectInfo<PeerUser>`).
 #[derive(Debug, Clone)]
 pub struct PeerUser(pub Option<UserInfo>);
 
@@ -288,7 +289,10 @@ impl RequestAuth {
 
 /// The axum middleware: every request is authenticated and authorized before its handler.
 pub async fn layer(State(auth): State<Arc<RequestAuth>>, request: Request, next: Next) -> Response {
-    let peer = request.extensions().get::<PeerUser>().and_then(|p| p.0.clone());
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<PeerUser>>()
+        .and_then(|p| p.0.0.clone());
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
