@@ -434,7 +434,8 @@ mod tests {
         let deny = |v: &Verdict, needle: &str| matches!(v, Verdict::Deny(m) if m.contains(needle));
         assert!(approve(serving_verdict(&request, "n2", &subject, &names(&["host-2"], &["10.236.2.2"]), Some(&stored))));
         assert!(approve(serving_verdict(&request, "n2", &subject, &names(&[], &["10.236.2.2"]), Some(&stored))));
-        let cases: Vec<(CertificateSigningRequest, (String, Vec<String>), RequestedNames, Option<&Node>, &str)> = vec![
+        type Case<'a> = (CertificateSigningRequest, (String, Vec<String>), RequestedNames, Option<&'a Node>, &'a str);
+        let cases: Vec<Case> = vec![
             // Another node's address, or a name the node does not have.
             (request.clone(), subject.clone(), names(&["host-2"], &["10.236.2.2", "10.236.1.2"]), Some(&stored), "[\"10.236.1.2\"] are not addresses of node n2"),
             (request.clone(), subject.clone(), names(&["kubernetes.default"], &[]), Some(&stored), "not addresses of node n2"),
