@@ -1,6 +1,6 @@
 //! A one-node cluster for kubelet tests: the control plane in one network
-//! namespace, the node agent (kubelet only) with its own containerd in
-//! another, joined by a veth pair with private addresses. The CNI bridge,
+//! namespace, the node agent (kubelet only, with its own node identity) with
+//! its own containerd in another, joined by a veth pair with private addresses. The CNI bridge,
 //! pod veths and portmap rules all live in the node's namespace and vanish
 //! with it. Images are built from busybox-static and preloaded.
 //!
@@ -60,8 +60,8 @@ pub struct KubeletEnv {
     pub dir: tempfile::TempDir,
     /// kubectl's kubeconfig (the cluster admin).
     pub kubeconfig: PathBuf,
-    /// The node's own kubeconfig (`system:node:<name>` in `system:nodes`), which the agent
-    /// uses as a real node does.
+    /// The node's own kubeconfig (`system:node:<name>` in `system:nodes`), as `xtask up`
+    /// gives node 1; its serving certificate is kept beside it.
     pub node_kubeconfig: PathBuf,
     /// The Node's name.
     pub node_name: String,
@@ -127,8 +127,9 @@ impl KubeletEnv {
             .spawn()
             .expect("start the control plane");
         let kubeconfig = cp_data.join("admin.kubeconfig");
+        let node_kubeconfig = dir.path().join("node/kubelet.kubeconfig");
         let mut env = KubeletEnv {
-            node_kubeconfig: dir.path().join("node.kubeconfig"),
+            node_kubeconfig,
             node_name: format!("node-{}-{index}", std::process::id() % 100_000),
             pod_cidr: format!("10.237.{index}.0/24"),
             veth,
@@ -144,7 +145,7 @@ impl KubeletEnv {
             assert!(Instant::now() < deadline, "the control plane did not start: {}", env.log("control-plane.log"));
             std::thread::sleep(Duration::from_millis(50));
         }
-        env.issue_node_kubeconfig(&cp_data);
+        env.issue_node_identity();
         // Pods are admitted once their namespace has its default ServiceAccount, which the
         // controller-manager creates shortly after start (upstream's e2e framework waits too).
         wait_until(&env, "the default ServiceAccount exists", Duration::from_secs(30), || {
@@ -152,22 +153,6 @@ impl KubeletEnv {
         });
         env.start_agent();
         env
-    }
-
-    /// The node's credentials, as `xtask up` gives node 1 its own: a client certificate for
-    /// `system:node:<name>` signed by the cluster CA.
-    fn issue_node_kubeconfig(&self, cp_data: &Path) {
-        let out = Command::new(binary("coxswain-control-plane"))
-            .arg("--data-dir")
-            .arg(cp_data)
-            .arg("kubeconfig")
-            .args(["--user", &format!("system:node:{}", self.node_name), "--group", "system:nodes"])
-            .args(["--server", &format!("https://{}:6443", self.veth.a_addr)])
-            .arg("--output")
-            .arg(&self.node_kubeconfig)
-            .output()
-            .expect("run coxswain-control-plane kubeconfig");
-        assert!(out.status.success(), "issuing the node's kubeconfig: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// The cluster CA certificate (PEM).
@@ -203,6 +188,52 @@ impl KubeletEnv {
             .env("HOME", self.dir.path())
             .output()
             .expect("run kubectl")
+    }
+
+    /// The control plane's data directory (its PKI is in `pki/`).
+    pub fn control_plane_dir(&self) -> PathBuf {
+        self.dir.path().join("control-plane")
+    }
+
+    /// The API server's URL.
+    pub fn server_url(&self) -> String {
+        format!("https://{}:6443", self.veth.a_addr)
+    }
+
+    /// A kubeconfig for `user` in `groups` with a certificate from the cluster CA.
+    pub fn issue_kubeconfig(&self, user: &str, groups: &[&str], out: &Path) {
+        let mut cmd = Command::new(binary("coxswain-control-plane"));
+        cmd.arg("--data-dir").arg(self.control_plane_dir()).args(["kubeconfig", "--user", user]);
+        for g in groups {
+            cmd.args(["--group", g]);
+        }
+        let issued = cmd.args(["--server", &self.server_url()]).arg("--output").arg(out).output().expect("run coxswain-control-plane kubeconfig");
+        assert!(issued.status.success(), "issuing {user}'s kubeconfig failed: {}", String::from_utf8_lossy(&issued.stderr));
+    }
+
+    fn issue_node_identity(&self) {
+        std::fs::create_dir_all(self.node_kubeconfig.parent().unwrap()).unwrap();
+        self.issue_kubeconfig(&format!("system:node:{}", self.node_name), &["system:nodes"], &self.node_kubeconfig);
+    }
+
+    /// Where the kubelet keeps its serving certificate and key.
+    pub fn serving_cert_path(&self) -> PathBuf {
+        self.node_kubeconfig.with_file_name(coxswain_kubelet::SERVING_FILE)
+    }
+
+    /// Waits until the kubelet serves its endpoint (it has a serving certificate and
+    /// listens); returns the certificate file's contents.
+    pub fn wait_serving(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr: std::net::SocketAddr = format!("{}:10250", self.veth.b_addr).parse().unwrap();
+        loop {
+            let listening = self.veth.a.run_in(|| Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok())).unwrap_or(false);
+            if listening && let Ok(text) = std::fs::read_to_string(self.serving_cert_path()) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "the kubelet never served its endpoint\n{}", self.log("agent.log"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// A file of the data directory, for failure messages.
@@ -293,6 +324,46 @@ impl KubeletEnv {
         }
         drop(child.stdin.take());
         child.wait_with_output().expect("kubectl output")
+    }
+
+    /// Runs kubectl on a terminal of its own (see [`PtyKubectl`]).
+    pub fn kubectl_pty(&self, args: &[&str]) -> PtyKubectl {
+        use std::io::Read;
+        let size = nix::pty::Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(Some(&size), None).expect("open a pty");
+        let slave_path = nix::unistd::ttyname(&pty.slave).expect("the pty's name");
+        let stdio = |fd: &std::os::fd::OwnedFd| Stdio::from(fd.try_clone().expect("dup the pty"));
+        // `setsid --ctty` makes the pty kubectl's controlling terminal, so resizes reach it.
+        let child = Command::new("setsid")
+            .arg("--ctty")
+            .arg("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.veth.a.name()))
+            .arg(kubectl_path())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env("TERM", "xterm")
+            .stdin(stdio(&pty.slave))
+            .stdout(stdio(&pty.slave))
+            .stderr(stdio(&pty.slave))
+            .spawn()
+            .expect("run kubectl on a pty");
+        drop(pty.slave);
+        let master = std::fs::File::from(pty.master);
+        let mut read_end = master.try_clone().expect("dup the pty master");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = output.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once every process holding the terminal has exited.
+            while let Ok(n) = read_end.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        PtyKubectl { child, master, slave_path, output, reader: Some(reader) }
     }
 
     /// Runs kubectl and asserts it succeeded; returns stdout.
@@ -414,6 +485,78 @@ impl KubeletEnv {
                 let _ = tokio::time::timeout(Duration::from_secs(10), cri.remove_sandbox(&s.id)).await;
             }
         });
+    }
+}
+
+/// kubectl on a terminal of its own (a pty whose other end the test holds), in the
+/// control plane's network namespace: what `kubectl exec -it` and `kubectl attach -it`
+/// need. The terminal starts at 24 rows by 80 columns.
+#[derive(Debug)]
+pub struct PtyKubectl {
+    child: Child,
+    master: std::fs::File,
+    slave_path: PathBuf,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PtyKubectl {
+    /// Types `text` on the terminal.
+    pub fn send(&mut self, text: &str) {
+        self.master.write_all(text.as_bytes()).expect("write to the terminal");
+        self.master.flush().expect("flush the terminal");
+    }
+
+    /// Everything kubectl printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the output contains `needle`; returns the output. Panics after `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.output();
+            if out.contains(needle) {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "the terminal never showed {needle:?} within {timeout:?}; it shows:\n{out}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Resizes the terminal (the kernel tells kubectl with SIGWINCH).
+    pub fn resize(&self, rows: u16, cols: u16) {
+        let out = Command::new("stty")
+            .arg("-F")
+            .arg(&self.slave_path)
+            .args(["rows", &rows.to_string(), "cols", &cols.to_string()])
+            .output()
+            .expect("run stty");
+        assert!(out.status.success(), "stty: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Waits for kubectl to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "kubectl did not exit within {timeout:?}; the terminal shows:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PtyKubectl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The reader ends once no process holds the terminal's other end.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }
 

@@ -603,3 +603,388 @@ fn pods_get_a_service_account_token_the_cluster_ca_and_the_api_servers_address()
     assert!(!after.status.success());
     assert!(String::from_utf8_lossy(&after.stderr).contains("Unauthorized"), "{}", String::from_utf8_lossy(&after.stderr));
 }
+
+// --- The kubelet endpoint's security (TLS, authentication, authorization) ---
+
+/// A client certificate and key (PEM) from a kubeconfig's embedded data.
+fn credentials_of(kubeconfig: &Path) -> (String, String) {
+    use base64::Engine;
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    let field = |name: &str| {
+        let data = text.lines().find_map(|l| l.trim().strip_prefix(name)).unwrap_or_else(|| panic!("{name} in {}", kubeconfig.display()));
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data.trim()).unwrap()).unwrap()
+    };
+    (field("client-certificate-data:"), field("client-key-data:"))
+}
+
+fn ca_der(env: &KubeletEnv) -> rustls::pki_types::CertificateDer<'static> {
+    let pem = std::fs::read_to_string(env.control_plane_dir().join("pki/ca.crt")).unwrap();
+    coxswain_auth::pki::first_cert_der(&pem).unwrap()
+}
+
+fn rustls_key(pem: &str) -> rustls::pki_types::PrivateKeyDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+/// `GET path` on the kubelet's port from the control plane's namespace, over TLS that
+/// trusts only the cluster CA and checks the kubelet's certificate for its address;
+/// `(status, body)`, or the TLS or I/O error.
+fn kubelet_get(env: &KubeletEnv, path: &str, identity: Option<&(String, String)>, bearer: Option<&str>) -> Result<(u16, String), String> {
+    use std::io::Write;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_der(env)).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => builder.with_client_auth_cert(coxswain_auth::pki::certs_der(cert).unwrap(), rustls_key(key)).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let ip: std::net::IpAddr = env.veth.b_addr.parse().unwrap();
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {ip}:10250\r\n{auth}Connection: close\r\n\r\n");
+    env.veth
+        .a
+        .run_in(|| {
+            let tcp = std::net::TcpStream::connect_timeout(&(ip, 10250).into(), Duration::from_secs(3))?;
+            tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), rustls::pki_types::ServerName::IpAddress(ip.into()))?;
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            tls.write_all(request.as_bytes())?;
+            let mut response = Vec::new();
+            tls.read_to_end(&mut response)?;
+            Ok(String::from_utf8_lossy(&response).into_owned())
+        })
+        .map_err(|e| format!("{e:#}"))
+        .map(|response| {
+            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+            let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            // Bodies here are short and plain; a chunked one is one chunk.
+            let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+                body.split("\r\n").nth(1).unwrap_or_default().to_owned()
+            } else {
+                body.to_owned()
+            };
+            (code, body)
+        })
+}
+
+#[test]
+fn the_kubelet_serves_tls_with_a_ca_signed_certificate_and_authorizes_every_request() {
+    let _serial = serial();
+    let mut env = KubeletEnv::start(31, EnvOptions { pod_cidr_flag: true });
+    let node = env.node_name.clone();
+    env.apply(&pod("quiet", &node, json!({"terminationGracePeriodSeconds": 1, "containers": [sh("c", "echo from-quiet; exec sleep 3600")]})));
+    let first_cert = env.wait_serving();
+
+    // The certificate came through a CSR the node itself made, approved and signed.
+    let csrs: Value = serde_json::from_str(&env.kubectl(&["get", "certificatesigningrequests", "-o", "json"])).unwrap();
+    let serving: Vec<&Value> = csrs["items"].as_array().unwrap().iter().filter(|c| c["spec"]["signerName"] == "kubernetes.io/kubelet-serving").collect();
+    assert_eq!(serving.len(), 1, "{csrs}");
+    assert_eq!(serving[0]["spec"]["username"], format!("system:node:{node}"));
+    assert_eq!(condition(serving[0], "Approved"), Some("True"), "{}", serving[0]);
+    let info = coxswain_auth::pki::CertInfo::from_pem(&first_cert).unwrap();
+    assert_eq!(info.common_name, format!("system:node:{node}"));
+    assert_eq!(info.organizations, vec!["system:nodes"]);
+    assert_eq!(info.ip_addresses, vec![env.veth.b_addr.parse::<std::net::IpAddr>().unwrap()]);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(env.serving_cert_path()).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "the serving key is readable by others");
+
+    // No credential: 401. (The handshake itself verified the kubelet against the CA and its address.)
+    let quiet_logs = "/containerLogs/default/quiet/c";
+    env.wait_ready("quiet");
+    assert_eq!(kubelet_get(&env, quiet_logs, None, None).unwrap(), (401, "Unauthorized".to_owned()));
+    assert_eq!(kubelet_get(&env, "/healthz", None, Some("not-a-token")).unwrap().0, 401);
+    // A user of the cluster without nodes/proxy: 403 with upstream's message.
+    let alice = env.dir.path().join("alice.kubeconfig");
+    env.issue_kubeconfig("alice", &["dev"], &alice);
+    let alice = credentials_of(&alice);
+    assert_eq!(
+        kubelet_get(&env, quiet_logs, Some(&alice), None).unwrap(),
+        (403, "Forbidden (user=alice, verb=get, resource=nodes, subresource=proxy)".to_owned())
+    );
+    // A certificate the cluster CA did not sign fails the handshake, whatever it claims.
+    let rogue_ca = coxswain_auth::pki::CertificateAuthority::generate("rogue").unwrap();
+    let rogue = rogue_ca.issue(&coxswain_auth::pki::CertRequest::client("kubernetes-admin", &["system:masters"])).unwrap();
+    let refused = kubelet_get(&env, quiet_logs, Some(&(rogue.cert_pem, rogue.key_pem)), None).unwrap_err();
+    assert!(refused.contains("alert") || refused.contains("reset"), "{refused}");
+    // The admin (system:masters) and a ServiceAccount bound to system:kubelet-api-admin may.
+    let admin = credentials_of(&env.kubeconfig);
+    assert_eq!(kubelet_get(&env, quiet_logs, Some(&admin), None).unwrap(), (200, "from-quiet\n".to_owned()));
+    env.kubectl(&["create", "serviceaccount", "reader"]);
+    env.kubectl(&["create", "clusterrolebinding", "reader-kubelet", "--clusterrole=system:kubelet-api-admin", "--serviceaccount=default:reader"]);
+    let token = env.kubectl(&["create", "token", "reader"]);
+    assert_eq!(kubelet_get(&env, "/healthz", None, Some(token.trim())).unwrap(), (200, "ok".to_owned()));
+
+    // A serving request for addresses that are not the node's is denied.
+    let (csr_pem, _key) = coxswain_auth::pki::new_serving_csr(
+        &format!("system:node:{node}"),
+        &["system:nodes"],
+        vec![],
+        vec![env.veth.a_addr.parse().unwrap()],
+    )
+    .unwrap();
+    let forged = json!({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": "forged-serving"},
+        "spec": {
+            "request": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, csr_pem),
+            "signerName": "kubernetes.io/kubelet-serving",
+            "usages": ["digital signature", "key encipherment", "server auth"],
+        },
+    });
+    let node_kubectl = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", env.veth.a.name()))
+            .arg(Path::new(&std::env::var("COXSWAIN_VENV").unwrap_or_else(|_| "/opt/coxswain/venv".into())).join("bin/kubectl"))
+            .arg("--kubeconfig")
+            .arg(&env.node_kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(text) = stdin {
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    };
+    let created = node_kubectl(&["create", "-f", "-"], Some(&forged.to_string()));
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let denied = loop {
+        let csr = env.get("certificatesigningrequest", "forged-serving").unwrap();
+        if condition(&csr, "Denied") == Some("True") {
+            break csr;
+        }
+        assert!(condition(&csr, "Approved").is_none(), "a serving CSR for another address was approved: {csr}");
+        assert!(Instant::now() < deadline, "the forged serving CSR was never denied: {csr}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let message = denied["status"]["conditions"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("are not addresses of node {node}")), "{message}");
+    assert!(denied["status"]["certificate"].is_null());
+
+    // A restarted kubelet serves with the certificate it kept: no new request.
+    env.stop_agent();
+    env.start_agent();
+    let again = env.wait_serving();
+    assert_eq!(again, first_cert);
+    assert_eq!(kubelet_get(&env, quiet_logs, Some(&admin), None).unwrap().0, 200);
+    let csrs: Value = serde_json::from_str(&env.kubectl(&["get", "certificatesigningrequests", "-o", "json"])).unwrap();
+    let serving = csrs["items"].as_array().unwrap().iter().filter(|c| c["spec"]["signerName"] == "kubernetes.io/kubelet-serving").count();
+    assert_eq!(serving, 2, "only the forged request was added: {csrs}");
+}
+
+/// A stand-in for a kubelet on the node's address and port: TLS with `cert`, answering
+/// every request with 200 `fake-kubelet`, recording the client certificates' names.
+struct FakeKubelet {
+    seen: std::sync::Arc<Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeKubelet {
+    fn start(env: &KubeletEnv, issued: &coxswain_auth::pki::Issued) -> FakeKubelet {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_der(env)).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(std::sync::Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .unwrap();
+        let config = std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(coxswain_auth::pki::certs_der(&issued.cert_pem).unwrap(), rustls_key(&issued.key_pem))
+                .unwrap(),
+        );
+        let addr = format!("{}:10250", env.veth.b_addr);
+        let listener = env.veth.b.run_in(|| Ok(std::net::TcpListener::bind(&addr)?)).expect("bind the fake kubelet");
+        listener.set_nonblocking(true).unwrap();
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok((tcp, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = tcp.set_nonblocking(false);
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(config.clone()).unwrap(), tcp);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                if !head.ends_with(b"\r\n\r\n") {
+                    continue; // the client refused the handshake
+                }
+                let who = tls
+                    .conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|der| coxswain_auth::pki::CertInfo::from_der(der).ok())
+                    .map(|i| i.common_name)
+                    .unwrap_or_default();
+                seen2.lock().unwrap().push(who);
+                let _ = std::io::Write::write_all(&mut tls, b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\nconnection: close\r\n\r\nfake-kubelet\n");
+                let _ = std::io::Write::flush(&mut tls);
+                tls.conn.send_close_notify();
+                let _ = std::io::Write::flush(&mut tls);
+            }
+        });
+        FakeKubelet { seen, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn the_api_server_verifies_the_kubelets_certificate_and_presents_its_own() {
+    let _serial = serial();
+    let mut env = KubeletEnv::start(32, EnvOptions { pod_cidr_flag: true });
+    let node = env.node_name.clone();
+    env.wait_serving();
+    // The node stays registered with its address; a pod bound to it is enough to proxy.
+    env.stop_agent();
+    env.apply(&pod("target", &node, json!({"containers": [sh("c", "sleep 1")]})));
+    let ca = coxswain_auth::pki::CertificateAuthority::load_or_create(&env.control_plane_dir().join("pki")).unwrap();
+    let node_ip: std::net::IpAddr = env.veth.b_addr.parse().unwrap();
+    let serving = |ca: &coxswain_auth::pki::CertificateAuthority, ip: std::net::IpAddr| {
+        ca.issue(&coxswain_auth::pki::CertRequest::server(format!("system:node:{node}"), vec![], vec![ip])).unwrap()
+    };
+
+    // A kubelet with a CA-signed certificate for the node's address is reached, and the API
+    // server shows it its own identity.
+    {
+        let fake = FakeKubelet::start(&env, &serving(&ca, node_ip));
+        assert_eq!(env.kubectl(&["logs", "target"]), "fake-kubelet\n");
+        assert_eq!(*fake.seen.lock().unwrap(), vec!["kube-apiserver-kubelet-client".to_owned()]);
+    }
+    // Signed by the CA but for another address: refused.
+    {
+        let fake = FakeKubelet::start(&env, &serving(&ca, env.veth.a_addr.parse().unwrap()));
+        let out = env.kubectl_raw(&["logs", "target"], None);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("certificate") && err.contains("not valid for"), "{err}");
+        assert!(fake.seen.lock().unwrap().is_empty(), "a request reached the wrong kubelet");
+    }
+    // For the right address but not signed by the cluster CA: refused.
+    {
+        let rogue = coxswain_auth::pki::CertificateAuthority::generate("rogue").unwrap();
+        let fake = FakeKubelet::start(&env, &serving(&rogue, node_ip));
+        let out = env.kubectl_raw(&["logs", "target"], None);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("UnknownIssuer") || err.contains("unknown issuer"), "{err}");
+        assert!(fake.seen.lock().unwrap().is_empty(), "a request reached a kubelet the CA did not sign");
+    }
+}
+
+#[test]
+fn exec_with_a_terminal_attach_and_run_interactively() {
+    let _serial = serial();
+    let env = KubeletEnv::start(33, EnvOptions { pod_cidr_flag: true });
+    let node = env.node_name.clone();
+    env.apply(&pod("shell", &node, json!({"terminationGracePeriodSeconds": 1, "containers": [sh("c", "exec sleep 3600")]})));
+    let mut reader = sh("reader", "while read line; do echo got:$line; done");
+    reader["stdin"] = json!(true);
+    env.apply(&pod("reader", &node, json!({"terminationGracePeriodSeconds": 1, "containers": [reader]})));
+    env.wait_ready("shell");
+    env.wait_ready("reader");
+    env.wait_serving();
+
+    // exec -it: a real terminal, of our terminal's size, following its resizes.
+    let mut term = env.kubectl_pty(&["exec", "-it", "shell", "--", "sh", "-c", "tty; while read l; do [ \"$l\" = q ] && exit 5; echo size=$(stty size 2>&1); done"]);
+    let shown = term.wait_for("/dev/pts/", Duration::from_secs(30));
+    assert!(!shown.contains("not a tty"), "{shown}");
+    // Sizes travel on their own channel and apply once the process runs (containerd starts
+    // it with no size): type lines until the shell reports the size.
+    let size_shows = |term: &mut coxswain_tests::kubelet_env::PtyKubectl, size: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !term.output().contains(&format!("size={size}")) {
+            assert!(Instant::now() < deadline, "the container's terminal never had size {size}: {}", term.output());
+            term.send("\r");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    size_shows(&mut term, "24 80");
+    term.resize(40, 100);
+    size_shows(&mut term, "40 100");
+    term.send("q\r");
+    assert_eq!(term.wait_exit(Duration::from_secs(20)), Some(5), "{}", term.output());
+    drop(term);
+
+    // attach -i: the container's own stdin and stdout.
+    let kubectl = Path::new(&std::env::var("COXSWAIN_VENV").unwrap_or_else(|_| "/opt/coxswain/venv".into())).join("bin/kubectl");
+    let mut attach = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", env.veth.a.name()))
+        .arg(&kubectl)
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .args(["attach", "-i", "reader"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = attach.stdin.take().unwrap();
+    let mut stdout = attach.stdout.take().unwrap();
+    let seen = std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut buf = [0u8; 256];
+        while !seen.contains("got:second") {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        seen
+    });
+    // Lines typed before the session is up are not lost: they wait in kubectl's pipe.
+    std::io::Write::write_all(&mut stdin, b"first\nsecond\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.is_finished() {
+        assert!(Instant::now() < deadline, "attach showed nothing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = attach.kill();
+    let out = attach.wait_with_output().unwrap();
+    let seen = seen.join().unwrap();
+    assert!(seen.contains("got:first\ngot:second"), "attach gave {seen:?}; stderr: {}", String::from_utf8_lossy(&out.stderr));
+
+    // run -it: a pod with stdin and a terminal, attached as soon as it runs.
+    let mut run = env.kubectl_pty(&[
+        "run", "-it", "interactive", &format!("--image={BUSYBOX}"), "--image-pull-policy=IfNotPresent",
+        "--restart=Never", &format!("--overrides={}", json!({"spec": {"nodeName": node}})), "--", "sh",
+    ]);
+    // kubectl attaches once the pod runs; what is typed then reaches the shell.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run.output().contains("sum=5") {
+        assert!(Instant::now() < deadline, "kubectl run -it never reached a shell: {}", run.output());
+        run.send("echo sum=$((2+3))\r");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    run.send("exit\r");
+    run.wait_exit(Duration::from_secs(30));
+    let done = env.wait_pod("interactive", "Succeeded", Duration::from_secs(30), |p| p["status"]["phase"] == "Succeeded");
+    assert_eq!(container_status(&done, "interactive")["state"]["terminated"]["exitCode"], 0);
+}

@@ -373,6 +373,84 @@ pub fn new_csr(common_name: &str, organizations: &[&str]) -> Result<(String, Str
     Ok((csr, key.serialize_pem()))
 }
 
+/// A new key and a PEM certificate signing request for a serving certificate: `common_name`
+/// in `organizations` (at most two), valid for these DNS names and addresses (as a kubelet
+/// asks for with signer `kubernetes.io/kubelet-serving`): `(csr_pem, key_pem)`.
+pub fn new_serving_csr(
+    common_name: &str,
+    organizations: &[&str],
+    dns_names: Vec<String>,
+    ip_addresses: Vec<IpAddr>,
+) -> Result<(String, String)> {
+    let key = KeyPair::generate().map_err(rc("generate a key"))?;
+    let mut request = CertRequest::server(common_name, dns_names, ip_addresses);
+    request.organizations = organizations.iter().map(|o| (*o).to_owned()).collect();
+    let mut params = request.params()?;
+    params.serial_number = None;
+    params.use_authority_key_identifier_extension = false;
+    let csr = params
+        .serialize_request(&key)
+        .map_err(rc("build the certificate signing request"))?
+        .pem()
+        .map_err(rc("encode the certificate signing request"))?;
+    Ok((csr, key.serialize_pem()))
+}
+
+/// Everything a certificate signing request asks for, once its signature verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CsrInfo {
+    /// Subject common name.
+    pub common_name: String,
+    /// Subject organizations.
+    pub organizations: Vec<String>,
+    /// DNS subject alternative names.
+    pub dns_names: Vec<String>,
+    /// IP subject alternative names.
+    pub ip_addresses: Vec<IpAddr>,
+    /// Email subject alternative names.
+    pub emails: Vec<String>,
+    /// URI subject alternative names.
+    pub uris: Vec<String>,
+}
+
+/// Parses a PEM certificate signing request and checks its signature (the requester holds
+/// the key).
+pub fn csr_info(csr_pem: &str) -> Result<CsrInfo> {
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::FromDer;
+    let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|e| PkiError::Parse(format!("not a PEM certificate signing request: {e}")))?;
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+        .map_err(|e| PkiError::Parse(format!("not a certificate signing request: {e}")))?;
+    csr.verify_signature()
+        .map_err(|e| PkiError::Parse(format!("the request's signature does not verify: {e}")))?;
+    let subject = &csr.certification_request_info.subject;
+    let text = |a: &x509_parser::x509::AttributeTypeAndValue<'_>| a.as_str().map(str::to_owned).unwrap_or_default();
+    let mut info = CsrInfo {
+        common_name: subject.iter_common_name().next().map(text).unwrap_or_default(),
+        organizations: subject.iter_organization().map(text).collect(),
+        ..CsrInfo::default()
+    };
+    for extension in csr.requested_extensions().into_iter().flatten() {
+        let ParsedExtension::SubjectAlternativeName(san) = extension else { continue };
+        for name in &san.general_names {
+            match name {
+                GeneralName::DNSName(d) => info.dns_names.push((*d).to_owned()),
+                GeneralName::IPAddress(bytes) => match bytes.len() {
+                    4 => info.ip_addresses.push(IpAddr::from(<[u8; 4]>::try_from(*bytes).unwrap_or_default())),
+                    16 => info.ip_addresses.push(IpAddr::from(<[u8; 16]>::try_from(*bytes).unwrap_or_default())),
+                    _ => return Err(PkiError::Parse("an IP subject alternative name is malformed".to_owned())),
+                },
+                GeneralName::RFC822Name(e) => info.emails.push((*e).to_owned()),
+                GeneralName::URI(u) => info.uris.push((*u).to_owned()),
+                other => info.uris.push(format!("{other:?}")),
+            }
+        }
+    }
+    Ok(info)
+}
+
 /// What a PEM certificate signing request asks for: `(common name, organizations)`.
 pub fn csr_subject(csr_pem: &str) -> Result<(String, Vec<String>)> {
     use rustls_pki_types::pem::PemObject;
@@ -574,10 +652,16 @@ fn same_set<T: Ord + Clone>(a: &[T], b: &[T]) -> bool {
 
 /// Checks that `cert_pem` was signed by `ca`.
 pub fn verify_issued_by(cert_pem: &str, ca: &CertificateAuthority) -> Result<()> {
+    verify_signed_by(cert_pem, ca.cert_der())
+}
+
+/// Checks that `cert_pem` (its first certificate) was signed by the CA certificate `ca_der`
+/// (for holders of the CA certificate only, such as a kubelet).
+pub fn verify_signed_by(cert_pem: &str, ca_der: &[u8]) -> Result<()> {
     let der = first_cert_der(cert_pem)?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| PkiError::Parse(format!("not an X.509 certificate: {e}")))?;
-    let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der())
+    let (_, ca_cert) = x509_parser::parse_x509_certificate(ca_der)
         .map_err(|e| PkiError::Parse(format!("the CA is not an X.509 certificate: {e}")))?;
     cert.verify_signature(Some(ca_cert.public_key()))
         .map_err(|e| PkiError::Parse(format!("not signed by the cluster CA: {e}")))
@@ -674,6 +758,28 @@ mod tests {
         // A chain whose "CA" matches the hash but did not sign the leaf is refused.
         let forged = vec![first_cert_der(&other.issue(&CertRequest::server("s", vec![], vec![])).unwrap().cert_pem).unwrap(), ca.cert_der().clone()];
         assert!(pinned_ca(&forged, &ca.public_key_hash()).is_err());
+    }
+
+    #[test]
+    fn serving_csrs_carry_their_names_and_sign_into_serving_certificates() {
+        let ip: IpAddr = "10.236.1.2".parse().unwrap();
+        let (csr, key) = new_serving_csr("system:node:n1", &["system:nodes"], vec!["n1".into()], vec![ip]).unwrap();
+        let info = csr_info(&csr).unwrap();
+        assert_eq!(info.common_name, "system:node:n1");
+        assert_eq!(info.organizations, vec!["system:nodes"]);
+        assert_eq!(info.dns_names, vec!["n1"]);
+        assert_eq!(info.ip_addresses, vec![ip]);
+        assert!(info.emails.is_empty() && info.uris.is_empty());
+        let ca = CertificateAuthority::generate("ca").unwrap();
+        let cert = ca.sign_csr(&csr, &CertRequest { server: true, ..CertRequest::default() }).unwrap();
+        let issued = CertInfo::from_pem(&cert).unwrap();
+        assert_eq!(issued.ip_addresses, vec![ip]);
+        assert_eq!(issued.dns_names, vec!["n1"]);
+        verify_issued_by(&cert, &ca).unwrap();
+        assert!(key.contains("PRIVATE KEY"));
+        // A client request has no names.
+        let (client, _) = new_csr("alice", &[]).unwrap();
+        assert_eq!(csr_info(&client).unwrap().dns_names, Vec::<String>::new());
     }
 
     #[test]

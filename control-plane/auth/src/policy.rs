@@ -18,6 +18,9 @@ pub const SCHEDULER_USER: &str = "system:kube-scheduler";
 pub const ADMIN_USER: &str = "kubernetes-admin";
 /// The API server's own identity (its loopback client and calls to kubelets).
 pub const APISERVER_USER: &str = "kube-apiserver";
+/// The API server's identity towards kubelets (kubeadm's `apiserver-kubelet-client`
+/// certificate), bound to `system:kubelet-api-admin`.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 /// The annotation that lets the API server restore a default object's rules.
 pub const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
 
@@ -201,6 +204,9 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 rule(&["discovery.k8s.io"], &["endpointslices"], READ),
                 rule(&["coordination.k8s.io"], &["leases"], &["get", "create", "update", "patch", "delete"]),
                 rule(&["certificates.k8s.io"], &["certificatesigningrequests"], &["create", "get", "list", "watch"]),
+                // The kubelet's delegated authentication and authorization of its own API.
+                rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+                rule(&["authorization.k8s.io"], &["subjectaccessreviews", "localsubjectaccessreviews"], &["create"]),
             ],
         ),
         cluster_role(
@@ -219,6 +225,14 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             vec![
                 rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
                 rule(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
+            ],
+        ),
+        cluster_role(
+            "system:kubelet-api-admin",
+            &[],
+            vec![
+                rule(&[""], &["nodes"], &["get", "list", "watch", "proxy"]),
+                rule(&[""], &["nodes/proxy", "nodes/metrics", "nodes/stats", "nodes/log", "nodes/configz", "nodes/healthz", "nodes/pods"], &["*"]),
             ],
         ),
         cluster_role(
@@ -279,6 +293,7 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             "system:kube-apiserver-to-kubelet",
             vec![user(APISERVER_USER)],
         ),
+        binding("kube-apiserver:kubelet-apis", "system:kubelet-api-admin", vec![user(KUBELET_CLIENT_USER)]),
     ]
 }
 
@@ -313,6 +328,7 @@ mod tests {
         let scheduler = UserInfo::new(SCHEDULER_USER, Vec::<String>::new());
         let node = UserInfo::new("system:node:n1", [crate::authn::NODES]);
         let controllers = UserInfo::new(CONTROLLER_MANAGER_USER, Vec::<String>::new());
+        let kubelet_client = UserInfo::new(KUBELET_CLIENT_USER, Vec::<String>::new());
         let cases: Vec<(&UserInfo, Attributes, bool)> = vec![
             (&admin, r("delete", "rbac.authorization.k8s.io", "clusterroles", None, Some("x")), true),
             (&admin, Attributes::non_resource("get", "/metrics"), true),
@@ -333,6 +349,13 @@ mod tests {
             (&node, r("create", "", "serviceaccounts", Some("default"), None), false),
             // The root CA publisher creates kube-root-ca.crt in every namespace.
             (&controllers, r("create", "", "configmaps", Some("team"), None), true),
+            (&node, r("create", "authorization.k8s.io", "subjectaccessreviews", None, None), true),
+            (&node, r("create", "authentication.k8s.io", "tokenreviews", None, None), true),
+            (&node, r("get", "", "nodes/proxy", None, Some("n1")), false),
+            (&kubelet_client, r("create", "", "nodes/proxy", None, Some("n1")), true),
+            (&kubelet_client, r("get", "", "nodes/log", None, Some("n1")), true),
+            (&kubelet_client, r("get", "", "pods", Some("default"), None), false),
+            (&nobody, r("get", "", "nodes/proxy", None, Some("n1")), false),
         ];
         for (who, attrs, want) in cases {
             assert_eq!(policy.authorize(who, &attrs).is_some(), want, "{} {attrs:?}", who.name);

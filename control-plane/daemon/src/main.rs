@@ -360,6 +360,23 @@ impl coxswain_controllers::csr::CsrSigner for CaSigner {
     fn subject(&self, csr_pem: &str) -> Result<(String, Vec<String>), String> {
         coxswain_auth::pki::csr_subject(csr_pem).map_err(|e| e.to_string())
     }
+
+    fn sign_serving(&self, csr_pem: &str) -> Result<String, String> {
+        let usage = coxswain_auth::pki::CertRequest {
+            server: true,
+            ..coxswain_auth::pki::CertRequest::default()
+        };
+        self.0.ca().sign_csr(csr_pem, &usage).map_err(|e| e.to_string())
+    }
+
+    fn names(&self, csr_pem: &str) -> Result<coxswain_controllers::csr::RequestedNames, String> {
+        let info = coxswain_auth::pki::csr_info(csr_pem).map_err(|e| e.to_string())?;
+        Ok(coxswain_controllers::csr::RequestedNames {
+            dns: info.dns_names,
+            ips: info.ip_addresses,
+            other: info.emails.into_iter().chain(info.uris).collect(),
+        })
+    }
 }
 
 /// Checks the serving certificate every hour and renews it when less than 30% of its

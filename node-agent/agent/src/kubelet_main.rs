@@ -74,6 +74,11 @@ pub struct KubeletArgs {
     #[arg(long, value_name = "DIR")]
     pub image_preload_dir: Option<PathBuf>,
 
+    /// The CA (PEM) client certificates of the kubelet endpoint must chain to
+    /// (default: the cluster CA of --kubeconfig), as upstream's `clientCAFile`.
+    #[arg(long, value_name = "PATH")]
+    pub client_ca_file: Option<PathBuf>,
+
     /// Port of the kubelet endpoint (logs, exec) the API server proxies to.
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
@@ -112,6 +117,19 @@ pub async fn start(
     let config = kube::Config::from_custom_kubeconfig(kubeconfig_file, &kube::config::KubeConfigOptions::default())
         .await
         .with_context(|| format!("failed to use --kubeconfig {}", kubeconfig.display()))?;
+    let client_ca_der = match &args.client_ca_file {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).with_context(|| format!("failed to read --client-ca-file {}", path.display()))?;
+            coxswain_auth::pki::first_cert_der(&pem)
+                .with_context(|| format!("--client-ca-file {}", path.display()))?
+                .to_vec()
+        }
+        None => config
+            .root_cert
+            .as_ref()
+            .and_then(|certs| certs.first().cloned())
+            .with_context(|| format!("--kubeconfig {} names no cluster CA (certificate-authority-data): give --client-ca-file", kubeconfig.display()))?,
+    };
     let client = kube::Client::try_from(config).context("failed to build the API client")?;
     let node_ip = args
         .node_ip
@@ -135,6 +153,9 @@ pub async fn start(
         static_pod_dir: args.static_pod_dir.clone(),
         image_preload_dir: args.image_preload_dir.clone(),
         listen,
+        // The serving certificate is kept next to the node's kubeconfig.
+        pki_dir: kubeconfig.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")),
+        client_ca_der,
         ctr: args.ctr.clone(),
         sandbox_image,
         max_pods: args.max_pods,

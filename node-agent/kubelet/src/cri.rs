@@ -362,6 +362,52 @@ impl Cri {
         Ok((r.exit_code, r.stdout, r.stderr))
     }
 
+    /// `Exec`: a streaming session running `cmd` in the container; returns the URL of the
+    /// runtime's streaming server that serves it (once).
+    pub async fn exec(&self, id: &str, cmd: Vec<String>, stdio: Stdio) -> Result<String> {
+        Ok(self
+            .runtime
+            .clone()
+            .exec(request(
+                cri::ExecRequest {
+                    container_id: id.to_owned(),
+                    cmd,
+                    tty: stdio.tty,
+                    stdin: stdio.stdin,
+                    stdout: stdio.stdout,
+                    // With a terminal, stderr is the terminal (CRI: stderr must be false).
+                    stderr: stdio.stderr && !stdio.tty,
+                },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(call_err(format!("exec in container {id}")))?
+            .into_inner()
+            .url)
+    }
+
+    /// `Attach`: a streaming session attached to the container's own stdio; returns the
+    /// URL of the runtime's streaming server that serves it (once).
+    pub async fn attach(&self, id: &str, stdio: Stdio) -> Result<String> {
+        Ok(self
+            .runtime
+            .clone()
+            .attach(request(
+                cri::AttachRequest {
+                    container_id: id.to_owned(),
+                    stdin: stdio.stdin,
+                    tty: stdio.tty,
+                    stdout: stdio.stdout,
+                    stderr: stdio.stderr && !stdio.tty,
+                },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(call_err(format!("attach to container {id}")))?
+            .into_inner()
+            .url)
+    }
+
     /// `ImageStatus`: the image's id when present.
     pub async fn image_id(&self, image: &str) -> Result<Option<String>> {
         let r = self
@@ -403,6 +449,19 @@ impl Cri {
             .into_inner()
             .image_ref)
     }
+}
+
+/// Which streams a streaming session (exec, attach) carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stdio {
+    /// Standard input.
+    pub stdin: bool,
+    /// Standard output.
+    pub stdout: bool,
+    /// Standard error (never with a terminal).
+    pub stderr: bool,
+    /// A terminal.
+    pub tty: bool,
 }
 
 /// A label selector map from pairs.

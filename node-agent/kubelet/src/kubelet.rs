@@ -50,15 +50,9 @@ pub enum Error {
     /// The CNI config could not be written.
     #[error(transparent)]
     Cni(#[from] crate::cni::Error),
-    /// The kubelet endpoint could not listen.
-    #[error("failed to listen on the kubelet endpoint {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cluster CA given for client certificates is unusable.
+    #[error("failed to read the client CA: {0}")]
+    ClientCa(String),
 }
 
 /// Result of the kubelet.
@@ -94,8 +88,14 @@ pub struct KubeletConfig {
     pub static_pod_dir: Option<PathBuf>,
     /// OCI archives imported at start.
     pub image_preload_dir: Option<PathBuf>,
-    /// Where the kubelet endpoint listens.
+    /// Where the kubelet endpoint listens (HTTPS).
     pub listen: SocketAddr,
+    /// Where the serving certificate is kept (`kubelet-server-current.pem`; the agent uses
+    /// the directory of the node's kubeconfig).
+    pub pki_dir: PathBuf,
+    /// The cluster CA (DER): client certificates must chain to it, and so must the
+    /// kubelet's own serving certificate.
+    pub client_ca_der: Vec<u8>,
     /// The `ctr` binary (image import, exec sessions).
     pub ctr: PathBuf,
     /// The sandbox image.
@@ -326,20 +326,8 @@ impl Kubelet {
     /// when the kubelet stops; the next one adopts them.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         let shared = self.shared.clone();
-        let listener = tokio::net::TcpListener::bind(shared.config.listen)
-            .await
-            .map_err(|source| Error::Listen { addr: shared.config.listen, source })?;
-        info!(addr = %shared.config.listen, "serving the kubelet endpoint (logs, exec)");
-        let router = crate::server::router(Arc::new(crate::server::ServerState {
-            cri: shared.cri.clone(),
-            ctr: shared.config.ctr.clone(),
-        }));
-        self.tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                warn!(error = %e, "kubelet endpoint failed");
-            }
-        }));
-
+        let ca_der = rustls::pki_types::CertificateDer::from(shared.config.client_ca_der.clone());
+        coxswain_auth::pki::CertInfo::from_der(&ca_der).map_err(|e| Error::ClientCa(e.to_string()))?;
         let node = crate::node::register(
             &shared.client,
             &self.facts().await,
@@ -349,6 +337,9 @@ impl Kubelet {
         let network_ready = Arc::new(Notify::new());
         let ready_flag = Arc::new(Mutex::new(false));
         self.tasks.push(tokio::spawn(node_loop(shared.clone(), node, self.facts().await, network_ready.clone(), ready_flag.clone())));
+        // The endpoint serves only once it has a certificate the cluster CA signed for the
+        // node's addresses (posted by the node loop above); pods start meanwhile.
+        self.tasks.push(tokio::spawn(serve_endpoint(shared.clone(), ca_der)));
         // Pods on the pod network need the CNI config; wait a little for it.
         if !*ready_flag.lock().unwrap_or_else(|e| e.into_inner()) {
             let _ = tokio::time::timeout(Duration::from_secs(10), network_ready.notified()).await;
@@ -396,6 +387,70 @@ impl Drop for Kubelet {
         // `containerd` drops after this: it stops, containers keep running.
         let _ = self.containerd.as_ref();
     }
+}
+
+/// Gets the serving certificate (retrying until the control plane signs one), then serves
+/// the kubelet endpoint over TLS and keeps the certificate current.
+async fn serve_endpoint(shared: Arc<Shared>, ca_der: rustls::pki_types::CertificateDer<'static>) {
+    let manager = crate::serving_cert::ServingCertManager::new(
+        shared.client.clone(),
+        &shared.config.node_name,
+        &shared.config.pki_dir,
+        ca_der.clone(),
+    );
+    let mut retry = Duration::from_secs(1);
+    let pair = loop {
+        let got = match manager.wanted_names().await {
+            Ok(names) => manager.obtain(&names).await,
+            Err(e) => Err(e),
+        };
+        match got {
+            Ok(pair) => break pair,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?retry, "no serving certificate yet: the kubelet endpoint is not served");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    let serving = match crate::serving_cert::ServingCert::new(&pair) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            warn!(error = %e, "the serving certificate is unusable: the kubelet endpoint is not served");
+            return;
+        }
+    };
+    let config = match crate::server::tls_config(serving.clone(), ca_der) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "the kubelet endpoint's TLS configuration failed");
+            return;
+        }
+    };
+    let renewal = tokio::spawn(manager.keep_current(serving));
+    let auth = Arc::new(crate::auth::RequestAuth::new(
+        shared.config.node_name.clone(),
+        Arc::new(crate::auth::ApiReviewer(shared.client.clone())),
+    ));
+    let router = crate::server::router(
+        Arc::new(crate::server::ServerState { cri: shared.cri.clone(), ctr: shared.config.ctr.clone() }),
+        auth,
+    );
+    let addr = shared.config.listen;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                warn!(%addr, error = %e, "cannot listen for the kubelet endpoint; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    info!(%addr, "serving the kubelet endpoint over TLS (logs, exec, attach)");
+    if let Err(e) = crate::server::serve(listener, config, router, std::future::pending()).await {
+        warn!(error = %e, "kubelet endpoint failed");
+    }
+    renewal.abort();
 }
 
 /// Lease renewals, status updates and the CNI config for the pod CIDR.

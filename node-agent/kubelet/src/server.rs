@@ -1,13 +1,19 @@
-//! The kubelet's HTTP endpoint, which the API server proxies `pods/log` and
-//! `pods/exec` to: `GET /containerLogs/{namespace}/{pod}/{container}` (with
-//! `follow`, `previous`, `tailLines`, `timestamps`, `sinceSeconds`,
-//! `limitBytes`) and `GET /exec/{namespace}/{pod}/{container}?command=...`
-//! over WebSocket with the `v5.channel.k8s.io` protocol (v4 accepted).
+//! The kubelet's HTTPS endpoint, which the API server proxies `pods/log`, `pods/exec` and
+//! `pods/attach` to: `GET /containerLogs/{namespace}/{pod}/{container}` (with `follow`,
+//! `previous`, `tailLines`, `timestamps`, `sinceSeconds`, `limitBytes`),
+//! `GET /exec/{namespace}/{pod}/{container}?command=...` and
+//! `GET /attach/{namespace}/{pod}/{container}` over WebSocket with the
+//! `v5.channel.k8s.io` protocol (v4 accepted).
 //!
-//! Plain HTTP for now; the router is independent of the listener, so TLS
-//! with client certificates wraps it without changes here.
+//! Served over TLS only ([`serve`]), with the serving certificate the cluster CA signed
+//! (`serving_cert`); every request is authenticated and authorized (`auth`) before it
+//! reaches a handler. Exec without a terminal runs through `ctr` (pipes, and v5's close
+//! signal ends its input); exec with a terminal and attach go through CRI `Exec`/`Attach`
+//! and containerd's streaming server (`streaming`), so the session has a real terminal
+//! that follows resizes.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
     sync::Arc,
@@ -19,12 +25,15 @@ use axum::{
     body::{Body, Bytes},
     extract::{
         Path as UrlPath, RawQuery, State,
+        connect_info::Connected,
         ws::{Message, WebSocket, WebSocketUpgrade},
     },
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
+    serve::IncomingStream,
 };
+use coxswain_auth::{UserInfo, pki::CertInfo};
 use futures::{SinkExt, StreamExt};
 use k8s_cri::v1::ContainerStatus;
 use serde_json::json;
@@ -32,6 +41,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
 use crate::{
+    auth::{PeerUser, RequestAuth},
     cri::{Cri, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, container_order, labels},
     logs::{LogOptions, render},
     status::is_running,
@@ -46,13 +56,139 @@ pub struct ServerState {
     pub ctr: PathBuf,
 }
 
-/// The kubelet API routes.
-pub fn router(state: Arc<ServerState>) -> Router {
+/// The kubelet API routes, each request authenticated and authorized by `auth`.
+pub fn router(state: Arc<ServerState>, auth: Arc<RequestAuth>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
         .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
+        .route("/attach/{namespace}/{pod}/{container}", get(attach).post(attach))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(auth, crate::auth::layer))
+}
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS configuration: `serving` presented, client certificates optional (a bearer
+/// token may stand in) but, when sent, verified against `client_ca_der` during the
+/// handshake (a certificate the CA did not sign fails it).
+pub fn tls_config(
+    serving: Arc<crate::serving_cert::ServingCert>,
+    client_ca_der: rustls::pki_types::CertificateDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(client_ca_der)
+        .map_err(|e| format!("the client CA is not a usable trust anchor: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("client certificate verifier: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(serving);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A TCP listener whose connections come out with their TLS handshake done (each
+/// handshake in its own task, so a slow client holds up nobody).
+#[derive(Debug)]
+pub struct TlsListener {
+    local: SocketAddr,
+    accepted: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+    _acceptor: AbortOnDrop,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl TlsListener {
+    /// Wraps `listener` with `config`.
+    pub fn new(listener: tokio::net::TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (tx, accepted) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let task = tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        debug!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { local, accepted, _acceptor: AbortOnDrop(task) })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(conn) => conn,
+            // The acceptor task only ends when the listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for PeerUser {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        let user = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|der| CertInfo::from_der(der).ok())
+            .and_then(|info| UserInfo::from_certificate(&info));
+        PeerUser(user)
+    }
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = TlsListener::new(listener, config)?;
+    axum::serve(listener, router.into_make_service_with_connect_info::<PeerUser>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 fn error(code: StatusCode, message: String) -> Response {
@@ -289,12 +425,61 @@ async fn exec(
     let stderr = !q.iter().any(|(k, _)| k == "stderr" || k == "error") || flag(&q, "stderr") || flag(&q, "error");
     let tty = flag(&q, "tty");
     info!(%namespace, %pod, %container, ?command, stdin, tty, "exec");
+    if tty {
+        // A terminal: the runtime allocates it (CRI Exec), resizes follow through channel 4.
+        let stdio = crate::cri::Stdio { stdin, stdout, stderr: false, tty };
+        return match state.cri.exec(&id, command, stdio).await {
+            Ok(url) => stream_session(ws, url).await,
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+    }
     ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
         .on_upgrade(move |socket| async move {
             if let Err(e) = run_exec(socket, &state, &id, command, stdin, stdout, stderr, tty).await {
                 debug!(error = %e, "exec session ended with an error");
             }
         })
+}
+
+/// Connects to the runtime's streaming server at `url`, then upgrades the client and relays.
+async fn stream_session(ws: WebSocketUpgrade, url: String) -> Response {
+    let runtime = match crate::streaming::connect(&url).await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
+        .on_upgrade(move |socket| crate::streaming::relay(socket, runtime))
+}
+
+/// `attach`: the container's own stdio (and terminal) through CRI `Attach`.
+async fn attach(
+    State(state): State<Arc<ServerState>>,
+    UrlPath((namespace, pod, container)): UrlPath<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let q = query_pairs(query.as_deref());
+    let Ok(ws) = ws else {
+        return error(StatusCode::BAD_REQUEST, "attach needs a WebSocket upgrade with the v5.channel.k8s.io protocol (SPDY is not supported)".into());
+    };
+    let containers = match find_containers(&state.cri, &namespace, &pod, &container).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !is_running(&containers[0]) {
+        return error(StatusCode::BAD_REQUEST, format!("container {container} is not running in pod {pod}"));
+    }
+    let stdio = crate::cri::Stdio {
+        stdin: flag(&q, "stdin") || flag(&q, "input"),
+        stdout: !q.iter().any(|(k, _)| k == "stdout" || k == "output") || flag(&q, "stdout") || flag(&q, "output"),
+        stderr: !q.iter().any(|(k, _)| k == "stderr" || k == "error") || flag(&q, "stderr") || flag(&q, "error"),
+        tty: flag(&q, "tty"),
+    };
+    info!(%namespace, %pod, %container, ?stdio, "attach");
+    match state.cri.attach(&containers[0].id, stdio).await {
+        Ok(url) => stream_session(ws, url).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.message()),
+    }
 }
 
 #[allow(clippy::too_many_arguments)] // One call site; the flags are the query's.
@@ -313,10 +498,6 @@ async fn run_exec(
     cmd.arg("--address")
         .arg(state.cri.socket())
         .args(["--namespace", "k8s.io", "task", "exec", "--exec-id", &exec_id]);
-    if tty {
-        // ctr needs a terminal for --tty; without one, run with plain pipes.
-        debug!("tty requested: running with pipes (no terminal is allocated)");
-    }
     cmd.arg(id)
         .args(&command)
         .stdin(if stdin { Stdio::piped() } else { Stdio::null() })

@@ -1,16 +1,22 @@
-//! `pods/log` and `pods/exec`: proxied to the kubelet of the pod's node (the Node's
-//! `InternalIP` and `status.daemonEndpoints.kubeletEndpoint.Port`), as kube-apiserver does.
-//! Logs stream through; exec upgrades to WebSocket (`v5.channel.k8s.io`) and the two
-//! connections are then spliced. `pods/attach` is answered with a clear "not yet".
+//! `pods/log`, `pods/exec` and `pods/attach`: proxied to the kubelet of the pod's node (the
+//! Node's `InternalIP` and `status.daemonEndpoints.kubeletEndpoint.Port`), as kube-apiserver
+//! does. Logs stream through; exec and attach upgrade to WebSocket (`v5.channel.k8s.io`) and
+//! the two connections are then spliced.
 //!
-//! The hop to the kubelet is plain HTTP for now; [`KubeletDialer`] is where TLS with a
-//! client certificate slots in.
+//! The hop to the kubelet is TLS both ways ([`KubeletDialer`]): the kubelet's certificate
+//! must be signed by the cluster CA and valid for the address dialled (upstream's
+//! `--kubelet-certificate-authority`), and the API server presents its own client
+//! certificate (`kube-apiserver-kubelet-client`), which the kubelet authorizes with a
+//! SubjectAccessReview for `nodes/proxy` or `nodes/log`.
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::Response;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use serde_json::Value;
 use tracing::debug;
 
@@ -34,16 +40,28 @@ pub(crate) fn handles(info: &RequestInfo) -> bool {
             .is_some_and(|s| SUBRESOURCES.contains(&s))
 }
 
-/// Dials a node's kubelet.
-#[derive(Debug, Clone, Copy)]
-struct KubeletDialer;
+/// Dials a node's kubelet over TLS with the API server's kubelet client configuration.
+#[derive(Debug, Clone)]
+struct KubeletDialer(Arc<rustls::ClientConfig>);
+
+/// How long dialling a kubelet (TCP and TLS) may take.
+const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl KubeletDialer {
-    async fn dial(&self, host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-        tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            tokio::net::TcpStream::connect((host, port)),
-        )
+    /// Connects to `host:port` and completes a TLS handshake that verifies the kubelet's
+    /// certificate against the cluster CA and `host` (an address or a DNS name).
+    async fn dial(&self, host: &str, port: u16) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let name = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(host.to_owned())
+                .map_err(|e| std::io::Error::other(format!("{host:?} is not a server name: {e}")))?,
+        };
+        let connector = tokio_rustls::TlsConnector::from(self.0.clone());
+        tokio::time::timeout(DIAL_TIMEOUT, async {
+            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            let _ = tcp.set_nodelay(true);
+            connector.connect(name, tcp).await
+        })
         .await
         .map_err(|_| std::io::Error::other("timed out"))?
     }
@@ -135,11 +153,6 @@ pub(crate) async fn proxy(state: &ApiState, info: &RequestInfo, mut request: Req
     let namespace = info.namespace.as_deref().ok_or(ApiError::NoSuchResource)?;
     let name = info.name.as_deref().ok_or(ApiError::NoSuchResource)?;
     let sub = info.subresource.as_deref().unwrap_or_default();
-    if sub == "attach" {
-        return Err(ApiError::BadRequest(
-            "pods/attach is not supported yet: use exec (kubectl exec)".into(),
-        ));
-    }
     let pod = get_object(state, "pods", Some(namespace), name).await?;
     let query = request.uri().query().unwrap_or("").to_owned();
     let container = container(&pod, name, &query)?;
@@ -153,7 +166,11 @@ pub(crate) async fn proxy(state: &ApiState, info: &RequestInfo, mut request: Req
     let (host, port) = kubelet_endpoint(&node).ok_or_else(|| {
         ApiError::BadRequest(format!("node {node_name} has no address for its kubelet"))
     })?;
-    let path = if sub == "log" { "containerLogs" } else { "exec" };
+    let path = match sub {
+        "log" => "containerLogs",
+        "attach" => "attach",
+        _ => "exec",
+    };
     let rest: Vec<&str> = query
         .split('&')
         .filter(|p| !p.is_empty() && !p.starts_with("container="))
@@ -172,7 +189,8 @@ pub(crate) async fn proxy(state: &ApiState, info: &RequestInfo, mut request: Req
             "failed to reach the kubelet of node {node_name} at {host}:{port}: {e}"
         ))
     };
-    let stream = KubeletDialer.dial(&host, port).await.map_err(|e| unavailable(&e))?;
+    let dialer = KubeletDialer(state.security.kubelet_client().tls());
+    let stream = dialer.dial(&host, port).await.map_err(|e| unavailable(&e))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unavailable(&e))?;

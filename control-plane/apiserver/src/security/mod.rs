@@ -133,6 +133,61 @@ pub struct Security {
     pub tokens: TokenFile,
     /// Signs and verifies ServiceAccount tokens (`DIR/sa.key`).
     pub signer: Arc<TokenSigner>,
+    /// How the API server reaches kubelets (see [`KubeletClient`]).
+    kubelet_client: KubeletClient,
+}
+
+/// The API server's TLS client towards kubelets (upstream's `--kubelet-client-certificate`
+/// and `--kubelet-certificate-authority`): it presents a client certificate of its own
+/// (`kube-apiserver-kubelet-client`, issued from the CA at start and kept in memory, renewed
+/// with the serving certificate) and trusts only kubelet certificates the cluster CA signed.
+#[derive(Debug)]
+pub(crate) struct KubeletClient {
+    current: RwLock<(Arc<rustls::ClientConfig>, SystemTime)>,
+}
+
+impl KubeletClient {
+    fn issue(ca: &CertificateAuthority) -> Result<KubeletClient, PkiError> {
+        Ok(KubeletClient { current: RwLock::new(Self::config(ca)?) })
+    }
+
+    fn config(ca: &CertificateAuthority) -> Result<(Arc<rustls::ClientConfig>, SystemTime), PkiError> {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let issued = ca.issue(&CertRequest::client(coxswain_auth::policy::KUBELET_CLIENT_USER, &[]))?;
+        let not_after = issued.info()?.not_after;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ca.cert_der().clone())
+            .map_err(|e| PkiError::Parse(format!("the cluster CA is not a usable trust anchor: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+            .map_err(|e| PkiError::Parse(format!("the kubelet client key is unreadable: {e}")))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PkiError::Parse(format!("TLS versions: {e}")))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(pki::certs_der(&issued.cert_pem)?, key)
+            .map_err(|e| PkiError::Parse(format!("the kubelet client certificate is unusable: {e}")))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok((Arc::new(config), not_after))
+    }
+
+    /// The client configuration to dial a kubelet with.
+    pub(crate) fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// Issues a new client certificate when the current one is due (as the serving one).
+    fn renew_if_due(&self, ca: &CertificateAuthority) -> Result<(), PkiError> {
+        let not_after = self.current.read().unwrap_or_else(|e| e.into_inner()).1;
+        let lifetime = pki::CERT_VALIDITY.as_secs_f64();
+        let left = not_after.duration_since(SystemTime::now()).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        if left < lifetime * pki::RENEW_REMAINING_FRACTION {
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = Self::config(ca)?;
+        }
+        Ok(())
+    }
 }
 
 /// The file name (in the PKI directory) of the API server's serving certificate.
@@ -148,6 +203,7 @@ impl Security {
         let (issued, _) = pki::load_or_issue(&ca, dir, SERVING, &serving_request(&names))?;
         Ok(Security {
             serving: Arc::new(ServingCert::new(&issued, &ca)?),
+            kubelet_client: KubeletClient::issue(&ca)?,
             ca: Arc::new(ca),
             dir: dir.to_owned(),
             names,
@@ -163,6 +219,7 @@ impl Security {
 
     /// Re-issues the serving certificate if it is due for renewal; returns whether it did.
     pub fn renew_if_due(&self) -> Result<bool, PkiError> {
+        self.kubelet_client.renew_if_due(&self.ca)?;
         let (issued, renewed) =
             pki::load_or_issue(&self.ca, &self.dir, SERVING, &serving_request(&self.names))?;
         if renewed {
@@ -193,6 +250,10 @@ impl Security {
                 key_pem: issued.key_pem,
             },
         ))
+    }
+
+    pub(crate) fn kubelet_client(&self) -> &KubeletClient {
+        &self.kubelet_client
     }
 
     pub(crate) fn serving(&self) -> Arc<ServingCert> {
