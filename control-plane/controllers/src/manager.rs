@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     Context, csr, endpoints, endpointslice, garbagecollector, nodeipam, nodelifecycle,
-    serviceaccount, workloads,
+    resourcequota, serviceaccount, workloads,
 };
 
 /// The cluster-level controllers this crate runs itself (the workload controllers are
@@ -24,6 +24,7 @@ pub const CLUSTER_CONTROLLERS: &[&str] = &[
     garbagecollector::NAME,
     serviceaccount::NAME,
     csr::NAME,
+    resourcequota::NAME,
 ];
 
 /// Every controller name `--controllers` accepts (besides `*`), cluster-level then workloads.
@@ -106,6 +107,7 @@ async fn run_one(name: &'static str, ctx: Context) -> Result<(), String> {
         garbagecollector::NAME => garbagecollector::run(ctx).await.map_err(|e| e.to_string()),
         serviceaccount::NAME => serviceaccount::run(ctx).await.map_err(|e| e.to_string()),
         csr::NAME => csr::run(ctx).await.map_err(|e| e.to_string()),
+        resourcequota::NAME => resourcequota::run(ctx).await.map_err(|e| e.to_string()),
         other => workloads::run(other, ctx).await.map_err(|e| e.to_string()),
     }
 }
@@ -272,5 +274,6 @@ mod tests {
         assert!(enabled_controllers(&s(&["*", "-nosuch"])).is_err());
         assert!(enabled_controllers(&s(&["-*"])).unwrap().is_empty());
         assert_eq!(enabled_controllers(&s(&["-*,nodeipam"])).unwrap(), vec!["nodeipam"]);
+        assert_eq!(enabled_controllers(&s(&["resourcequota-controller"])).unwrap(), vec!["resourcequota"]);
     }
 }
