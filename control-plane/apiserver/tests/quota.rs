@@ -317,6 +317,61 @@ async fn quota_admission_refuses_and_charges() -> Result<()> {
     Ok(())
 }
 
+/// Scoped quotas: a BestEffort quota counts only pods without requests or limits, a
+/// PriorityClass selector only the pods of the classes it names; neither limits other kinds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_quotas_count_only_their_pods() -> Result<()> {
+    let store = StoreHandle::open(Backend::Embedded).await?;
+    let server = TestServer::start(store.store.clone()).await?;
+    let http = Http::new(&server);
+    server
+        .kubectl(&["create", "quota", "best-effort", "--hard=pods=1", "--scopes=BestEffort"])
+        .await?;
+    count_quota(&http, "best-effort", json!({"pods": "0"})).await?;
+    let reply = http
+        .post_json(QUOTAS, &json!({"metadata": {"name": "high"}, "spec": {
+            "hard": {"pods": "1", "requests.cpu": "1"},
+            "scopeSelector": {"matchExpressions": [{"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]},
+        }}))
+        .await?;
+    ensure!(reply.status == 201, "{}", reply.json());
+    count_quota(&http, "high", json!({"pods": "0", "requests.cpu": "0"})).await?;
+
+    let created = |name: &str, body: Value| {
+        let http = http.clone();
+        let name = name.to_owned();
+        async move {
+            let reply = http.post_json(PODS, &body).await?;
+            Ok::<_, anyhow::Error>((name, reply.status, reply.json()["message"].as_str().unwrap_or("").to_owned()))
+        }
+    };
+    let (_, code, message) = created("free", pod("free", json!({}))).await?;
+    ensure!(code == 201, "{message}");
+    let (_, code, message) = created("free2", pod("free2", json!({}))).await?;
+    ensure!(
+        code == 403 && message.ends_with("exceeded quota: best-effort, requested: pods=1, used: pods=1, limited: pods=1"),
+        "{code} {message}"
+    );
+    // Not best effort, no priority class: neither quota applies.
+    let (_, code, message) = created("burst", pod("burst", json!({"requests": {"cpu": "5"}}))).await?;
+    ensure!(code == 201, "{message}");
+    let mut high = pod("high", json!({"requests": {"cpu": "500m"}}));
+    high["spec"]["priorityClassName"] = json!("high");
+    let (_, code, message) = created("high", high.clone()).await?;
+    ensure!(code == 201, "{message}");
+    ensure!(used(&http, "high").await? == json!({"pods": "1", "requests.cpu": "500m"}));
+    high["metadata"]["name"] = json!("high2");
+    let (_, code, message) = created("high2", high).await?;
+    ensure!(code == 403 && message.contains("exceeded quota: high, requested: pods=1"), "{message}");
+    // Scoped quotas never limit other kinds.
+    server
+        .kubectl(&["create", "quota", "scoped-objects", "--hard=count/configmaps=0", "--scopes=NotTerminating"])
+        .await?;
+    count_quota(&http, "scoped-objects", json!({"count/configmaps": "0"})).await?;
+    server.kubectl(&["create", "configmap", "any"]).await?;
+    Ok(())
+}
+
 /// Creates `count` pods at once through `servers` (round robin); returns how many were
 /// admitted, failing on any reply but 201 and the quota's 403.
 async fn create_at_once(servers: &[Http], count: usize) -> Result<usize> {
