@@ -262,13 +262,14 @@ async fn quota_admission_refuses_and_charges() -> Result<()> {
         "{}",
         reply.json()
     );
-    // A dry run is checked but charges nothing.
+    // A dry run is checked but charges nothing. (Limits alone do: requests default to them.)
+    let limits_only = json!({"limits": {"cpu": "1", "memory": "256Mi"}});
     let reply = http
-        .post_json(&format!("{PODS}?dryRun=All"), &pod("c", one.clone()))
+        .post_json(&format!("{PODS}?dryRun=All"), &pod("c", limits_only.clone()))
         .await?;
     ensure!(reply.status == 201, "{}", reply.json());
     ensure!(used(&http, "compute").await?["pods"] == "1", "a dry run was charged");
-    let reply = http.post_json(PODS, &pod("c", one.clone())).await?;
+    let reply = http.post_json(PODS, &pod("c", limits_only)).await?;
     ensure!(reply.status == 201, "{}", reply.json());
     ensure!(used(&http, "compute").await?["requests.cpu"] == "2");
 

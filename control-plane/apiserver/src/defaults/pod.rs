@@ -4,17 +4,9 @@ use serde_json::{Value, json};
 
 use super::{child, set_default};
 
-/// Pods: spec defaults, requests defaulted to limits (pods only, not templates, as
-/// upstream's `SetDefaults_Pod`), plus the initial status (phase Pending, QoS class).
+/// Pods: spec defaults plus the initial status (phase Pending, QoS class).
 pub(crate) fn pod(obj: &mut Value) {
     pod_spec(child(obj, "spec"));
-    for list in ["containers", "initContainers"] {
-        if let Some(containers) = obj["spec"].get_mut(list).and_then(Value::as_array_mut) {
-            for c in containers {
-                requests_from_limits(c);
-            }
-        }
-    }
     let qos = qos_class(&obj["spec"]);
     let status = child(obj, "status");
     set_default(status, "phase", json!("Pending"));
@@ -64,15 +56,41 @@ fn pull_policy(image: &str) -> &'static str {
     }
 }
 
-/// A container's limits stand in for the requests it does not state.
-fn requests_from_limits(c: &mut Value) {
+/// A new pod's containers get their limits as the requests they do not state (pods only,
+/// not templates, as upstream's `SetDefaults_Pod`). Applied when a pod is created (by
+/// admission, before LimitRanger) rather than with the other defaults: those also run on
+/// every update, where they would change the containers of pods stored without it.
+/// Returns whether it set any.
+pub(crate) fn pod_requests_from_limits(obj: &mut Value) -> bool {
+    let mut set = false;
+    for list in ["containers", "initContainers"] {
+        if let Some(containers) = obj
+            .get_mut("spec")
+            .and_then(|s| s.get_mut(list))
+            .and_then(Value::as_array_mut)
+        {
+            for c in containers {
+                set |= requests_from_limits(c);
+            }
+        }
+    }
+    set
+}
+
+/// A container's limits stand in for the requests it does not state; whether any did.
+fn requests_from_limits(c: &mut Value) -> bool {
     let Some(limits) = c.pointer("/resources/limits").and_then(Value::as_object).cloned() else {
-        return;
+        return false;
     };
     let requests = child(child(c, "resources"), "requests");
+    let mut set = false;
     for (name, q) in limits {
-        set_default(requests, &name, q);
+        if requests.get(&name).is_none_or(Value::is_null) {
+            requests[name.as_str()] = q;
+            set = true;
+        }
     }
+    set
 }
 
 /// The QoS class of a pod spec, as upstream computes it (`coxswain_resources::pod`).
@@ -119,6 +137,7 @@ mod tests {
     #[test]
     fn requests_default_to_limits() {
         let mut p = json!({"spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"cpu": "1"}, "requests": {"memory": "1Gi"}}}]}});
+        pod_requests_from_limits(&mut p);
         pod(&mut p);
         let r = &p["spec"]["containers"][0]["resources"];
         assert_eq!(r["requests"], json!({"cpu": "1", "memory": "1Gi"}));
@@ -129,6 +148,7 @@ mod tests {
     fn qos_classes() {
         // Limits alone make a pod Guaranteed once its requests default to them.
         let mut g = json!({"spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}});
+        pod_requests_from_limits(&mut g);
         pod(&mut g);
         assert_eq!(g["status"]["qosClass"], "Guaranteed");
         let b = json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]});

@@ -4,7 +4,8 @@
 //! annotation, its QoS class recomputed); once validated, each container must fit the
 //! `min`, `max` and `maxLimitRequestRatio` of the `Container` limits, and the whole pod those
 //! of the `Pod` limits, or the pod is refused with 403 and upstream's message (`maximum cpu
-//! usage per Container is 500m, but limit is 1`).
+//! usage per Container is 500m, but limit is 1`). Before all that comes the one pod default
+//! that must only touch new pods: requests defaulted to limits.
 //!
 //! As upstream, pod updates are not checked (containers and their resources cannot change
 //! after creation) and subresources are ignored. `PersistentVolumeClaim` limits are stored
@@ -115,6 +116,8 @@ pub(crate) async fn admit(ctx: &Ctx, obj: &mut Value) -> Result<Vec<LimitRange>>
     if !applies(ctx) {
         return Ok(Vec::new());
     }
+    // Upstream's defaulting, which comes before admission.
+    let defaulted = crate::defaults::pod_requests_from_limits(obj);
     let namespace = object::namespace(obj).to_owned();
     let ranges = limit_ranges(ctx, &namespace).await?;
     let (requests, limits) = container_defaults(&ranges);
@@ -137,7 +140,9 @@ pub(crate) async fn admit(ctx: &Ctx, obj: &mut Value) -> Result<Vec<LimitRange>>
         annotations[ANNOTATION] = Value::String(format!("LimitRanger plugin set: {}", parts.join("; ")));
     }
     // The QoS class follows the final resources (upstream computes it after admission).
-    if let Ok(spec) = serde_json::from_value(obj.get("spec").cloned().unwrap_or(Value::Null)) {
+    if (defaulted || !parts.is_empty())
+        && let Ok(spec) = serde_json::from_value(obj.get("spec").cloned().unwrap_or(Value::Null))
+    {
         child(obj, "status")["qosClass"] = Value::from(pod::qos_class(&spec));
     }
     Ok(ranges)

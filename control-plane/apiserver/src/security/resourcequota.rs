@@ -166,17 +166,23 @@ pub(crate) async fn charge(ctx: &Ctx, old: Option<&Value>, new: &Value, dry_run:
     if namespace.is_empty() {
         return Ok(());
     }
+    let _serialized = ctx.state.quota_locks.lock(namespace).await;
+    let mut stored = quotas(ctx, namespace).await?;
+    if stored.is_empty() {
+        return Ok(());
+    }
     let typed_new = Typed::of(ctx, new)?;
     let typed_old = old.map(|o| Typed::of(ctx, o)).transpose()?;
     let new_item = typed_new.item(ctx);
     let old_item = typed_old.as_ref().map(|t| t.item(ctx));
-    let _serialized = ctx.state.quota_locks.lock(namespace).await;
     let mut charged: BTreeSet<String> = BTreeSet::new();
-    for _ in 0..ATTEMPTS {
-        let mut stored = quotas(ctx, namespace).await?;
-        stored.retain(|q| !charged.contains(&q.key));
-        if stored.is_empty() {
-            return Ok(());
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            stored = quotas(ctx, namespace).await?;
+            stored.retain(|q| !charged.contains(&q.key));
+            if stored.is_empty() {
+                return Ok(());
+            }
         }
         let list: Vec<ResourceQuota> = stored.iter().map(|q| q.typed.clone()).collect();
         let charges = quota::check(&list, &new_item, old_item.as_ref(), Timestamp::now())
