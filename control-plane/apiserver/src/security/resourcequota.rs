@@ -9,8 +9,8 @@
 //! with a compare-and-swap on the quota's mod revision (its resourceVersion is the lock), so
 //! concurrent creates can never together overshoot a quota, across API servers too: a
 //! conflict re-reads the quotas not charged yet and checks again. Within one server the
-//! checks of a namespace are serialized, so only other servers (and the controller) ever
-//! conflict. What a refused or failed write leaves charged, the resourcequota controller
+//! charges of a namespace are serialized (an object no quota limits waits for nothing), so
+//! only other servers (and the controller) ever conflict. What a refused or failed write leaves charged, the resourcequota controller
 //! gives back when it recounts. Dry runs are checked, never charged. A new ResourceQuota
 //! starts without a status: only the controller fills it.
 
@@ -166,8 +166,13 @@ pub(crate) async fn charge(ctx: &Ctx, old: Option<&Value>, new: &Value, dry_run:
     if namespace.is_empty() {
         return Ok(());
     }
-    let _serialized = ctx.state.quota_locks.lock(namespace).await;
-    let mut stored = quotas(ctx, namespace).await?;
+    let check = |stored: &[Stored], new_item: &Item<'_>, old_item: Option<&Item<'_>>| {
+        let list: Vec<ResourceQuota> = stored.iter().map(|q| q.typed.clone()).collect();
+        quota::check(&list, new_item, old_item, Timestamp::now())
+            .map_err(|message| forbidden(ctx, object::name(new), message))
+    };
+    // Most creates fall under no quota: find out without waiting for the namespace's lock.
+    let stored = quotas(ctx, namespace).await?;
     if stored.is_empty() {
         return Ok(());
     }
@@ -175,19 +180,19 @@ pub(crate) async fn charge(ctx: &Ctx, old: Option<&Value>, new: &Value, dry_run:
     let typed_old = old.map(|o| Typed::of(ctx, o)).transpose()?;
     let new_item = typed_new.item(ctx);
     let old_item = typed_old.as_ref().map(|t| t.item(ctx));
+    if dry_run || check(&stored, &new_item, old_item.as_ref())?.is_empty() {
+        return Ok(());
+    }
+    let _serialized = ctx.state.quota_locks.lock(namespace).await;
     let mut charged: BTreeSet<String> = BTreeSet::new();
-    for attempt in 0..ATTEMPTS {
-        if attempt > 0 {
-            stored = quotas(ctx, namespace).await?;
-            stored.retain(|q| !charged.contains(&q.key));
-            if stored.is_empty() {
-                return Ok(());
-            }
+    for _ in 0..ATTEMPTS {
+        let mut stored = quotas(ctx, namespace).await?;
+        stored.retain(|q| !charged.contains(&q.key));
+        if stored.is_empty() {
+            return Ok(());
         }
-        let list: Vec<ResourceQuota> = stored.iter().map(|q| q.typed.clone()).collect();
-        let charges = quota::check(&list, &new_item, old_item.as_ref(), Timestamp::now())
-            .map_err(|message| forbidden(ctx, object::name(new), message))?;
-        if dry_run || charges.is_empty() {
+        let charges = check(&stored, &new_item, old_item.as_ref())?;
+        if charges.is_empty() {
             return Ok(());
         }
         let mut raced = false;
