@@ -883,3 +883,50 @@ fn pods_reach_the_api_server_through_the_kubernetes_service() {
         assert_eq!(namespace, ns);
     }
 }
+
+/// A LimitRange and a ResourceQuota on a real namespace: the Deployment's pods get the
+/// LimitRange's defaults (and run with them), the quota stops the ReplicaSet at its limit
+/// with upstream's message, raising the quota lets the rollout finish, and scaling down
+/// gives the quota back (the resourcequota controller recounts once the pods are gone).
+#[test]
+#[ignore = "needs a cluster from `cargo xtask up`; run by `cargo xtask test`"]
+fn a_quota_caps_a_deployment_and_a_limit_range_defaults_its_pods() {
+    let c = Cluster::from_env();
+    let ns = "e2e-quota";
+    let _guard = c.create_namespace(ns);
+    c.apply(
+        ns,
+        r#"{"apiVersion":"v1","kind":"LimitRange","metadata":{"name":"defaults"},"spec":{"limits":[
+        {"type":"Container","default":{"cpu":"200m","memory":"64Mi"},"defaultRequest":{"cpu":"50m","memory":"32Mi"}}]}}"#,
+    );
+    c.kubectl(&["create", "quota", "pods", "-n", ns, "--hard=pods=2,requests.cpu=1"]);
+    let used = |resource: &str| -> String {
+        c.json(&["get", "quota", "pods", "-n", ns])["status"]["used"][resource].as_str().unwrap_or("").to_owned()
+    };
+    c.wait("the quota counted", Duration::from_secs(30), || used("pods") == "0");
+    c.apply(ns, &web_yaml(4, "coxswain.local/demo:v1"));
+    c.wait("2 pods ready", Duration::from_secs(120), || c.ready_pods(ns, "app=web").len() == 2);
+    c.wait("the ReplicaSet refused the rest", Duration::from_secs(60), || {
+        c.json(&["get", "events", "-n", ns])["items"].as_array().unwrap().iter().any(|e| {
+            e["reason"] == "FailedCreate"
+                && e["message"].as_str().is_some_and(|m| {
+                    m.contains("exceeded quota: pods, requested: pods=1, used: pods=2, limited: pods=2")
+                })
+        })
+    });
+    assert_eq!(c.pod_count(ns, "app=web"), 2);
+    assert_eq!(used("requests.cpu"), "100m");
+    let pod = &c.ready_pods(ns, "app=web")[0];
+    let resources = &pod["spec"]["containers"][0]["resources"];
+    assert_eq!(resources["requests"], serde_json::json!({"cpu": "50m", "memory": "32Mi"}), "{pod}");
+    assert_eq!(resources["limits"], serde_json::json!({"cpu": "200m", "memory": "64Mi"}), "{pod}");
+    assert!(
+        pod["metadata"]["annotations"]["kubernetes.io/limit-ranger"].as_str().is_some_and(|a| a.starts_with("LimitRanger plugin set: ")),
+        "{pod}"
+    );
+    c.kubectl(&["patch", "quota", "pods", "-n", ns, "-p", r#"{"spec":{"hard":{"pods":"4"}}}"#]);
+    c.rollout(ns, "web");
+    assert_eq!(c.ready_pods(ns, "app=web").len(), 4);
+    c.kubectl(&["scale", "-n", ns, "deployment/web", "--replicas=1"]);
+    c.wait("the quota given back", Duration::from_secs(120), || used("pods") == "1");
+}

@@ -324,6 +324,23 @@ fn builtin() -> Vec<ResourceType> {
             table: &table::EVENTS,
             ..ROW
         }),
+        kind::<core::v1::LimitRange>(Row {
+            singular: "limitrange",
+            short_names: &["limits"],
+            defaults: defaults::limit_range,
+            validate: validation::limit_range,
+            table: &table::LIMIT_RANGES,
+            ..ROW
+        }),
+        kind::<core::v1::ResourceQuota>(Row {
+            singular: "resourcequota",
+            short_names: &["quota"],
+            subresources: &[Status],
+            defaults: defaults::resource_quota,
+            validate: validation::resource_quota,
+            table: &table::RESOURCE_QUOTAS,
+            ..ROW
+        }),
         kind::<apps::v1::Deployment>(Row {
             singular: "deployment",
             short_names: &["deploy"],

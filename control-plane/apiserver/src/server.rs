@@ -101,6 +101,8 @@ pub(crate) struct ApiState {
     pub shutdown: watch::Receiver<bool>,
     pub security: Arc<Security>,
     pub authorizer: Authorizer,
+    /// Serializes the quota checks of each namespace (`security::resourcequota`).
+    pub quota_locks: security::resourcequota::NamespaceLocks,
 }
 
 /// The Kubernetes API server over a store.
@@ -145,6 +147,7 @@ impl ApiServer {
             shutdown: shutdown_rx,
             security: Arc::new(security),
             authorizer: Authorizer::default(),
+            quota_locks: Default::default(),
         });
         namespaces::bootstrap(&state)
             .await

@@ -760,6 +760,53 @@ pub static ROLE_BINDINGS: TableSpec = TableSpec {
     },
 };
 
+/// LimitRanges: NAME CREATED AT.
+pub static LIMIT_RANGES: TableSpec = TableSpec {
+    columns: &[col("Name", "string", 0), col("Created At", "date", 0)],
+    cells: |o, _| vec![name(o), json!(object::meta_str(o, "creationTimestamp"))],
+};
+
+/// ResourceQuotas: NAME AGE REQUEST LIMIT, each column `resource: used/hard` from the status
+/// (`limits.*` under LIMIT, everything else under REQUEST), as upstream's printer.
+pub static RESOURCE_QUOTAS: TableSpec = TableSpec {
+    columns: &[
+        col("Name", "string", 0),
+        col("Age", "string", 0),
+        col("Request", "string", 0),
+        col("Limit", "string", 0),
+    ],
+    cells: |o, now| {
+        let amount = |path: &str, resource: &str| -> String {
+            let text = object::at_path(o, path)
+                .and_then(|m| m.get(resource))
+                .and_then(Value::as_str)
+                .unwrap_or("0");
+            coxswain_resources::Quantity::canonical(text).unwrap_or_else(|| text.to_owned())
+        };
+        let mut requests = Vec::new();
+        let mut limits = Vec::new();
+        let mut names: Vec<&String> = object::at_path(o, "status.hard")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|h| h.keys())
+            .collect();
+        names.sort();
+        for resource in names {
+            let cell = format!(
+                "{resource}: {}/{}",
+                amount("status.used", resource),
+                amount("status.hard", resource)
+            );
+            if resource.starts_with("limits.") {
+                limits.push(cell);
+            } else {
+                requests.push(cell);
+            }
+        }
+        vec![name(o), age(o, now), json!(requests.join(", ")), json!(limits.join(", "))]
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -392,4 +392,36 @@ mod tests {
         assert!(admin.authorize(&u, &create_role).is_some());
         assert!(admin.authorize(&u, &r("list", "", "pods", Some("other"), None)).is_none());
     }
+
+    #[test]
+    fn quotas_and_limit_ranges_are_read_only_below_cluster_admin() {
+        // Upstream: view (so edit and admin) reads them; only cluster admins write them; the
+        // controller-manager writes quota status.
+        let bind = |role: &str| -> RbacPolicy {
+            let rb: k8s_openapi::api::rbac::v1::RoleBinding = typed(json!({
+                "metadata": {"name": "b", "namespace": "team"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [user("u")],
+            }));
+            RbacPolicy::new(&cluster_roles(), &[], &[], &[rb])
+        };
+        let u = UserInfo::new("u", Vec::<String>::new());
+        let r = Attributes::resource;
+        for role in ["view", "edit", "admin"] {
+            let policy = bind(role);
+            for resource in ["resourcequotas", "resourcequotas/status", "limitranges"] {
+                for verb in ["get", "list", "watch"] {
+                    assert!(policy.authorize(&u, &r(verb, "", resource, Some("team"), None)).is_some(), "{role} {verb} {resource}");
+                }
+            }
+            for resource in ["resourcequotas", "limitranges"] {
+                for verb in ["create", "update", "patch", "delete"] {
+                    assert!(policy.authorize(&u, &r(verb, "", resource, Some("team"), Some("q"))).is_none(), "{role} {verb} {resource}");
+                }
+            }
+        }
+        let manager = UserInfo::new(CONTROLLER_MANAGER_USER, Vec::<String>::new());
+        let status = r("update", "", "resourcequotas/status", Some("team"), Some("q"));
+        assert!(defaults().authorize(&manager, &status).is_some());
+    }
 }

@@ -16,6 +16,7 @@
 //! - `csr`: approves nodes' certificate signing requests and signs approved ones.
 //! - `rootcacertpublisher`: a `kube-root-ca.crt` ConfigMap with the cluster CA in every
 //!   namespace.
+//! - `resourcequota`: ResourceQuota status (`hard` from the spec, `used` recounted).
 //! - `manager`: the controller list, the manager that starts them, leader election.
 //! - `metrics`: Prometheus metrics shared by every controller.
 //!
@@ -37,6 +38,7 @@ pub mod nodelifecycle;
 pub mod csr;
 mod reconciler;
 pub mod rootcacertpublisher;
+pub mod resourcequota;
 pub mod serviceaccount;
 pub mod workloads;
 
@@ -65,6 +67,12 @@ pub struct Config {
     /// How often the garbage collector re-examines every object even without a change
     /// (a safety net; changes are handled as they are watched).
     pub gc_resync_period: Duration,
+    /// How often the resourcequota controller recounts every quota even without a change
+    /// (upstream `--resource-quota-sync-period`, 5 minutes).
+    pub quota_resync_period: Duration,
+    /// How long a quota must stay unchanged before the resourcequota controller lowers its
+    /// usage (covers admissions between their charge and their write; 2 s).
+    pub quota_settle_period: Duration,
     /// Signs approved certificate signing requests with the cluster CA, when this process
     /// holds it (the control plane binary does).
     pub csr_signer: Option<Arc<dyn csr::CsrSigner>>,
@@ -86,6 +94,8 @@ impl Default for Config {
             cluster_cidr: "10.244.0.0/16".to_owned(),
             node_cidr_mask_size: 24,
             gc_resync_period: Duration::from_secs(30),
+            quota_resync_period: Duration::from_secs(300),
+            quota_settle_period: Duration::from_secs(2),
             csr_signer: None,
             root_ca_cert: None,
             metrics: Arc::new(Metrics::new()),

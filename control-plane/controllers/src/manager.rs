@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     Context, csr, endpoints, endpointslice, garbagecollector, nodeipam, nodelifecycle,
-    rootcacertpublisher, serviceaccount, workloads,
+    resourcequota, rootcacertpublisher, serviceaccount, workloads,
 };
 
 /// The cluster-level controllers this crate runs itself (the workload controllers are
@@ -25,6 +25,7 @@ pub const CLUSTER_CONTROLLERS: &[&str] = &[
     serviceaccount::NAME,
     csr::NAME,
     rootcacertpublisher::NAME,
+    resourcequota::NAME,
 ];
 
 /// Every controller name `--controllers` accepts (besides `*`), cluster-level then workloads.
@@ -110,6 +111,7 @@ async fn run_one(name: &'static str, ctx: Context) -> Result<(), String> {
         serviceaccount::NAME => serviceaccount::run(ctx).await.map_err(|e| e.to_string()),
         csr::NAME => csr::run(ctx).await.map_err(|e| e.to_string()),
         rootcacertpublisher::NAME => rootcacertpublisher::run(ctx).await.map_err(|e| e.to_string()),
+        resourcequota::NAME => resourcequota::run(ctx).await.map_err(|e| e.to_string()),
         other => workloads::run(other, ctx).await.map_err(|e| e.to_string()),
     }
 }
@@ -279,5 +281,6 @@ mod tests {
         for upstream in ["root-ca-cert-publisher", "root-ca-certificate-publisher-controller"] {
             assert_eq!(enabled_controllers(&s(&[upstream])).unwrap(), vec!["rootcacertpublisher"]);
         }
+        assert_eq!(enabled_controllers(&s(&["resourcequota-controller"])).unwrap(), vec!["resourcequota"]);
     }
 }

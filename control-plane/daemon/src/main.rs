@@ -83,6 +83,10 @@ struct Args {
     /// its taint themselves.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: i64,
+    /// How often the resourcequota controller recounts every quota's usage even without a
+    /// change (`5m`, `30s`).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    resource_quota_sync_period: Duration,
     /// Where the controller-manager's and the scheduler's `/metrics` are served.
     #[arg(long, default_value = "127.0.0.1:10257")]
     components_metrics_listen: SocketAddr,
@@ -487,6 +491,7 @@ async fn main() -> Result<()> {
                 node_cidr_mask_size: args.node_cidr_mask_size,
                 node_monitor_grace_period: args.node_monitor_grace_period,
                 default_toleration_seconds: args.default_toleration_seconds,
+                quota_resync_period: args.resource_quota_sync_period,
                 csr_signer: Some(Arc::new(CaSigner(security.clone()))),
                 root_ca_cert: Some(security.ca().cert_pem().to_owned()),
                 ..ControllerConfig::default()
@@ -599,6 +604,7 @@ mod tests {
         let args = Args::try_parse_from(["cp"]).unwrap();
         assert!(args.leader_elect && !args.disable_scheduler);
         assert_eq!(args.node_monitor_grace_period, Duration::from_secs(40));
+        assert_eq!(args.resource_quota_sync_period, Duration::from_secs(300));
     }
 
     #[test]

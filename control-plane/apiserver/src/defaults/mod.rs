@@ -4,11 +4,13 @@
 //! it again (on update) changes nothing the client chose.
 
 mod pod;
+mod quota;
 mod workloads;
 
 use serde_json::{Map, Value, json};
 
-pub(crate) use pod::{pod, pod_spec};
+pub(crate) use pod::{pod, pod_requests_from_limits, pod_spec};
+pub(crate) use quota::{limit_range, resource_quota};
 pub(crate) use workloads::{cron_job, daemon_set, deployment, job, replica_set, stateful_set};
 
 /// No defaults.

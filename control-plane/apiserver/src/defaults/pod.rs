@@ -62,40 +62,48 @@ fn pull_policy(image: &str) -> &'static str {
     }
 }
 
-/// BestEffort without any request or limit, Guaranteed when every container's limits equal
-/// its requests for cpu and memory, Burstable otherwise.
-fn qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = spec
-        .get("containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .collect();
-    let resources = |c: &Value, kind: &str| -> serde_json::Map<String, Value> {
-        c.get("resources")
-            .and_then(|r| r.get(kind))
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default()
+/// A new pod's containers get their limits as the requests they do not state (pods only,
+/// not templates, as upstream's `SetDefaults_Pod`). Applied when a pod is created (by
+/// admission, before LimitRanger) rather than with the other defaults: those also run on
+/// every update, where they would change the containers of pods stored without it.
+/// Returns whether it set any.
+pub(crate) fn pod_requests_from_limits(obj: &mut Value) -> bool {
+    let mut set = false;
+    for list in ["containers", "initContainers"] {
+        if let Some(containers) = obj
+            .get_mut("spec")
+            .and_then(|s| s.get_mut(list))
+            .and_then(Value::as_array_mut)
+        {
+            for c in containers {
+                set |= requests_from_limits(c);
+            }
+        }
+    }
+    set
+}
+
+/// A container's limits stand in for the requests it does not state; whether any did.
+fn requests_from_limits(c: &mut Value) -> bool {
+    let Some(limits) = c.pointer("/resources/limits").and_then(Value::as_object).cloned() else {
+        return false;
     };
-    let any = containers
-        .iter()
-        .any(|c| !resources(c, "requests").is_empty() || !resources(c, "limits").is_empty());
-    if !any {
-        return "BestEffort";
+    let requests = child(child(c, "resources"), "requests");
+    let mut set = false;
+    for (name, q) in limits {
+        if requests.get(&name).is_none_or(Value::is_null) {
+            requests[name.as_str()] = q;
+            set = true;
+        }
     }
-    let guaranteed = containers.iter().all(|c| {
-        let limits = resources(c, "limits");
-        let requests = resources(c, "requests");
-        ["cpu", "memory"].iter().all(|r| {
-            limits.get(*r).is_some() && requests.get(*r).is_none_or(|q| Some(q) == limits.get(*r))
-        })
-    });
-    if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    set
+}
+
+/// The QoS class of a pod spec, as upstream computes it (`coxswain_resources::pod`).
+pub(crate) fn qos_class(spec: &Value) -> &'static str {
+    serde_json::from_value::<k8s_openapi::api::core::v1::PodSpec>(spec.clone())
+        .map(|s| coxswain_resources::pod::qos_class(&s))
+        .unwrap_or("BestEffort")
 }
 
 #[cfg(test)]
@@ -138,10 +146,23 @@ mod tests {
     }
 
     #[test]
+    fn requests_default_to_limits() {
+        let mut p = json!({"spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"cpu": "1"}, "requests": {"memory": "1Gi"}}}]}});
+        pod_requests_from_limits(&mut p);
+        pod(&mut p);
+        let r = &p["spec"]["containers"][0]["resources"];
+        assert_eq!(r["requests"], json!({"cpu": "1", "memory": "1Gi"}));
+        assert_eq!(p["status"]["qosClass"], "Burstable");
+    }
+
+    #[test]
     fn qos_classes() {
-        let g = json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]});
-        assert_eq!(qos_class(&g), "Guaranteed");
-        let b = json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]});
+        // Limits alone make a pod Guaranteed once its requests default to them.
+        let mut g = json!({"spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}});
+        pod_requests_from_limits(&mut g);
+        pod(&mut g);
+        assert_eq!(g["status"]["qosClass"], "Guaranteed");
+        let b = json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]});
         assert_eq!(qos_class(&b), "Burstable");
     }
 }

@@ -94,6 +94,7 @@ pub(crate) async fn create_object_as(
         None
     };
     write::stamp_new(ctx, &mut obj);
+    crate::security::resourcequota::prepare_create(ctx, &mut obj);
     (rt.defaults)(&mut obj);
     if rt.group.is_empty() && rt.kind == "Pod" {
         let ns = ctx.namespace.clone().unwrap_or_default();
@@ -101,9 +102,12 @@ pub(crate) async fn create_object_as(
     }
     ownership.record(ctx, None, &mut obj);
     crate::security::admission::mutate_create(ctx, &mut obj);
+    let limit_ranges = crate::security::limitranger::admit(ctx, &mut obj).await?;
     write::invalid(ctx, &name, validation::validate(rt, &obj, None))?;
     crate::security::admission::admit_create(ctx, namespace.as_ref(), &obj)?;
+    crate::security::limitranger::validate(ctx, &limit_ranges, &obj)?;
     let dry_run = ctx.params.dry_run()?;
+    crate::security::resourcequota::charge(ctx, None, &obj, dry_run).await?;
     if dry_run {
         return Ok((StatusCode::CREATED, obj));
     }

@@ -222,6 +222,7 @@ pub(crate) async fn commit_update_as(
         return Ok(Commit::Done(StatusCode::OK, old.clone()));
     }
     let dry_run = ctx.params.dry_run()?;
+    crate::security::resourcequota::charge(ctx, Some(old), &new, dry_run).await?;
     let allocations = if rt.kind == "Service" && ctx.subresource.is_none() && !dry_run {
         service::on_update(ctx, old, &mut new).await?
     } else {

@@ -61,6 +61,9 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
             if str_at(c, "image").is_none_or(|i| i.trim().is_empty()) {
                 causes.push(Cause::required(format!("{at}.image")));
             }
+            if let Some(resources) = c.get("resources") {
+                super::quota::resource_requirements(resources, &format!("{at}.resources"), causes);
+            }
             for (j, p) in c
                 .get("ports")
                 .and_then(Value::as_array)

@@ -3,6 +3,7 @@
 
 mod kinds;
 mod names;
+mod quota;
 
 use serde_json::Value;
 
@@ -10,6 +11,7 @@ use crate::registry::{NameRule, ResourceType};
 use crate::status::Cause;
 
 pub(crate) use kinds::{config_map, csr, namespace, none, pod, service, workload};
+pub(crate) use quota::{limit_range, resource_quota};
 pub(crate) use names::{
     dns1123_label, dns1123_subdomain, label_value, path_segment_name, qualified_name,
 };
