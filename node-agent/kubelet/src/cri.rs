@@ -1,7 +1,12 @@
 //! The CRI v1 client: containerd's RuntimeService and ImageService over its
 //! unix socket (tonic + the `k8s-cri` bindings), with a timeout on every call.
 
-use std::{collections::HashMap, path::{Path, PathBuf}, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
@@ -9,6 +14,8 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use cri::{ContainerConfig, ContainerStatus, PodSandboxConfig};
+
+use crate::metrics::{HistogramFamily, OperationLabels};
 
 /// Label: the pod's UID, on every sandbox and container.
 pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
@@ -68,6 +75,8 @@ pub struct Cri {
     runtime: cri::runtime_service_client::RuntimeServiceClient<Channel>,
     images: cri::image_service_client::ImageServiceClient<Channel>,
     socket: PathBuf,
+    /// Where call durations go (the kubelet's metrics), if anywhere.
+    operations: Option<HistogramFamily<OperationLabels>>,
 }
 
 /// Timeout of ordinary calls (runc create and CNI setup are the slow ones).
@@ -97,24 +106,45 @@ impl Cri {
     pub async fn connect(socket: &Path) -> Result<Cri> {
         let path = socket.to_owned();
         let dial = path.clone();
-        let channel = Endpoint::try_from("http://[::]:50051")
-            .expect("static URI")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let dial = dial.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(dial).await?)) }
-            }))
-            .await
-            .map_err(|source| Error::Connect {
-                path: path.clone(),
-                source,
-            })?;
+        let channel =
+            Endpoint::try_from("http://[::]:50051")
+                .expect("static URI")
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let dial = dial.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(dial).await?))
+                    }
+                }))
+                .await
+                .map_err(|source| Error::Connect {
+                    path: path.clone(),
+                    source,
+                })?;
         Ok(Cri {
             runtime: cri::runtime_service_client::RuntimeServiceClient::new(channel.clone())
                 .max_decoding_message_size(64 << 20),
             images: cri::image_service_client::ImageServiceClient::new(channel)
                 .max_decoding_message_size(64 << 20),
             socket: path,
+            operations: None,
         })
+    }
+
+    /// The same client, recording the duration of every call in `operations`.
+    pub(crate) fn with_metrics(mut self, operations: HistogramFamily<OperationLabels>) -> Cri {
+        self.operations = Some(operations);
+        self
+    }
+
+    /// Runs one call, recording how long it took under `operation_type`.
+    async fn timed<T>(&self, operation_type: &'static str, call: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let out = call.await;
+        if let Some(ops) = &self.operations {
+            ops.get_or_create(&OperationLabels { operation_type })
+                .observe(started.elapsed().as_secs_f64());
+        }
+        out
     }
 
     /// The socket this client talks to.
@@ -125,9 +155,13 @@ impl Cri {
     /// `Version`: the runtime's name and version (`containerd`, `v1.6.20`).
     pub async fn version(&self) -> Result<(String, String)> {
         let r = self
-            .runtime
-            .clone()
-            .version(request(cri::VersionRequest::default(), Duration::from_secs(5)))
+            .timed(
+                "version",
+                self.runtime.clone().version(request(
+                    cri::VersionRequest::default(),
+                    Duration::from_secs(5),
+                )),
+            )
             .await
             .map_err(call_err("get the runtime version"))?
             .into_inner();
@@ -136,17 +170,22 @@ impl Cri {
 
     /// `RunPodSandbox`: returns the sandbox id.
     pub async fn run_sandbox(&self, config: PodSandboxConfig) -> Result<String> {
-        let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         Ok(self
-            .runtime
-            .clone()
-            .run_pod_sandbox(request(
-                cri::RunPodSandboxRequest {
-                    config: Some(config),
-                    runtime_handler: String::new(),
-                },
-                CALL_TIMEOUT,
-            ))
+            .timed(
+                "run_podsandbox",
+                self.runtime.clone().run_pod_sandbox(request(
+                    cri::RunPodSandboxRequest {
+                        config: Some(config),
+                        runtime_handler: String::new(),
+                    },
+                    CALL_TIMEOUT,
+                )),
+            )
             .await
             .map_err(call_err(format!("run the sandbox of pod {name}")))?
             .into_inner()
@@ -155,53 +194,56 @@ impl Cri {
 
     /// `StopPodSandbox` (idempotent).
     pub async fn stop_sandbox(&self, id: &str) -> Result<()> {
-        self.runtime
-            .clone()
-            .stop_pod_sandbox(request(
+        self.timed(
+            "stop_podsandbox",
+            self.runtime.clone().stop_pod_sandbox(request(
                 cri::StopPodSandboxRequest {
                     pod_sandbox_id: id.to_owned(),
                 },
                 CALL_TIMEOUT,
-            ))
-            .await
-            .map_err(call_err(format!("stop sandbox {id}")))?;
+            )),
+        )
+        .await
+        .map_err(call_err(format!("stop sandbox {id}")))?;
         Ok(())
     }
 
     /// `RemovePodSandbox` (idempotent; removes its containers too).
     pub async fn remove_sandbox(&self, id: &str) -> Result<()> {
-        self.runtime
-            .clone()
-            .remove_pod_sandbox(request(
+        self.timed(
+            "remove_podsandbox",
+            self.runtime.clone().remove_pod_sandbox(request(
                 cri::RemovePodSandboxRequest {
                     pod_sandbox_id: id.to_owned(),
                 },
                 CALL_TIMEOUT,
-            ))
-            .await
-            .map_err(call_err(format!("remove sandbox {id}")))?;
+            )),
+        )
+        .await
+        .map_err(call_err(format!("remove sandbox {id}")))?;
         Ok(())
     }
 
     /// `PodSandboxStatus`: the sandbox's state and IP addresses.
     pub async fn sandbox_status(&self, id: &str) -> Result<cri::PodSandboxStatus> {
-        self.runtime
-            .clone()
-            .pod_sandbox_status(request(
+        self.timed(
+            "podsandbox_status",
+            self.runtime.clone().pod_sandbox_status(request(
                 cri::PodSandboxStatusRequest {
                     pod_sandbox_id: id.to_owned(),
                     verbose: false,
                 },
                 CALL_TIMEOUT,
-            ))
-            .await
-            .map_err(call_err(format!("get the status of sandbox {id}")))?
-            .into_inner()
-            .status
-            .ok_or_else(|| Error::Call {
-                call: format!("get the status of sandbox {id}"),
-                status: Box::new(tonic::Status::internal("empty status")),
-            })
+            )),
+        )
+        .await
+        .map_err(call_err(format!("get the status of sandbox {id}")))?
+        .into_inner()
+        .status
+        .ok_or_else(|| Error::Call {
+            call: format!("get the status of sandbox {id}"),
+            status: Box::new(tonic::Status::internal("empty status")),
+        })
     }
 
     /// `ListPodSandbox` with a label filter.
@@ -210,17 +252,18 @@ impl Cri {
         labels: HashMap<String, String>,
     ) -> Result<Vec<cri::PodSandbox>> {
         Ok(self
-            .runtime
-            .clone()
-            .list_pod_sandbox(request(
-                cri::ListPodSandboxRequest {
-                    filter: Some(cri::PodSandboxFilter {
-                        label_selector: labels,
-                        ..Default::default()
-                    }),
-                },
-                CALL_TIMEOUT,
-            ))
+            .timed(
+                "list_podsandbox",
+                self.runtime.clone().list_pod_sandbox(request(
+                    cri::ListPodSandboxRequest {
+                        filter: Some(cri::PodSandboxFilter {
+                            label_selector: labels,
+                            ..Default::default()
+                        }),
+                    },
+                    CALL_TIMEOUT,
+                )),
+            )
             .await
             .map_err(call_err("list sandboxes"))?
             .into_inner()
@@ -233,109 +276,123 @@ impl Cri {
         labels: HashMap<String, String>,
     ) -> Result<Vec<cri::Container>> {
         Ok(self
-            .runtime
-            .clone()
-            .list_containers(request(
-                cri::ListContainersRequest {
-                    filter: Some(cri::ContainerFilter {
-                        label_selector: labels,
-                        ..Default::default()
-                    }),
-                },
-                CALL_TIMEOUT,
-            ))
+            .timed(
+                "list_containers",
+                self.runtime.clone().list_containers(request(
+                    cri::ListContainersRequest {
+                        filter: Some(cri::ContainerFilter {
+                            label_selector: labels,
+                            ..Default::default()
+                        }),
+                    },
+                    CALL_TIMEOUT,
+                )),
+            )
             .await
             .map_err(call_err("list containers"))?
             .into_inner()
             .containers)
     }
 
-    /// `CreateContainer` then `StartContainer`; returns the container id.
-    pub async fn create_and_start(
+    /// `CreateContainer`: returns the container id.
+    pub async fn create_container(
         &self,
         sandbox_id: &str,
         config: ContainerConfig,
         sandbox_config: PodSandboxConfig,
     ) -> Result<String> {
-        let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        let id = self
-            .runtime
-            .clone()
-            .create_container(request(
-                cri::CreateContainerRequest {
-                    pod_sandbox_id: sandbox_id.to_owned(),
-                    config: Some(config),
-                    sandbox_config: Some(sandbox_config),
-                },
-                CALL_TIMEOUT,
-            ))
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        Ok(self
+            .timed(
+                "create_container",
+                self.runtime.clone().create_container(request(
+                    cri::CreateContainerRequest {
+                        pod_sandbox_id: sandbox_id.to_owned(),
+                        config: Some(config),
+                        sandbox_config: Some(sandbox_config),
+                    },
+                    CALL_TIMEOUT,
+                )),
+            )
             .await
             .map_err(call_err(format!("create container {name}")))?
             .into_inner()
-            .container_id;
-        self.runtime
-            .clone()
-            .start_container(request(
+            .container_id)
+    }
+
+    /// `StartContainer` of a created container (`name` for messages).
+    pub async fn start_container(&self, id: &str, name: &str) -> Result<()> {
+        self.timed(
+            "start_container",
+            self.runtime.clone().start_container(request(
                 cri::StartContainerRequest {
-                    container_id: id.clone(),
+                    container_id: id.to_owned(),
                 },
                 CALL_TIMEOUT,
-            ))
-            .await
-            .map_err(call_err(format!("start container {name} ({id})")))?;
-        Ok(id)
+            )),
+        )
+        .await
+        .map_err(call_err(format!("start container {name} ({id})")))?;
+        Ok(())
     }
 
     /// `StopContainer`: the stop signal, then SIGKILL after `timeout_s`.
     pub async fn stop_container(&self, id: &str, timeout_s: i64) -> Result<()> {
-        self.runtime
-            .clone()
-            .stop_container(request(
+        self.timed(
+            "stop_container",
+            self.runtime.clone().stop_container(request(
                 cri::StopContainerRequest {
                     container_id: id.to_owned(),
                     timeout: timeout_s,
                 },
                 Duration::from_secs(timeout_s.max(0) as u64) + CALL_TIMEOUT,
-            ))
-            .await
-            .map_err(call_err(format!("stop container {id}")))?;
+            )),
+        )
+        .await
+        .map_err(call_err(format!("stop container {id}")))?;
         Ok(())
     }
 
     /// `RemoveContainer`.
     pub async fn remove_container(&self, id: &str) -> Result<()> {
-        self.runtime
-            .clone()
-            .remove_container(request(
+        self.timed(
+            "remove_container",
+            self.runtime.clone().remove_container(request(
                 cri::RemoveContainerRequest {
                     container_id: id.to_owned(),
                 },
                 CALL_TIMEOUT,
-            ))
-            .await
-            .map_err(call_err(format!("remove container {id}")))?;
+            )),
+        )
+        .await
+        .map_err(call_err(format!("remove container {id}")))?;
         Ok(())
     }
 
     /// `ContainerStatus`.
     pub async fn container_status(&self, id: &str) -> Result<ContainerStatus> {
-        self.runtime
-            .clone()
-            .container_status(request(
+        self.timed(
+            "container_status",
+            self.runtime.clone().container_status(request(
                 cri::ContainerStatusRequest {
                     container_id: id.to_owned(),
                     verbose: false,
                 },
                 CALL_TIMEOUT,
-            ))
-            .await
-            .map_err(call_err(format!("get the status of container {id}")))?
-            .into_inner()
-            .status
-            .ok_or_else(|| Error::Call {
-                call: format!("get the status of container {id}"),
-                status: Box::new(tonic::Status::internal("empty status")),
-            })
+            )),
+        )
+        .await
+        .map_err(call_err(format!("get the status of container {id}")))?
+        .into_inner()
+        .status
+        .ok_or_else(|| Error::Call {
+            call: format!("get the status of container {id}"),
+            status: Box::new(tonic::Status::internal("empty status")),
+        })
     }
 
     /// `ExecSync`: runs `cmd` in the container; returns (exit code, stdout, stderr).
@@ -346,16 +403,17 @@ impl Cri {
         timeout: Duration,
     ) -> Result<(i32, Vec<u8>, Vec<u8>)> {
         let r = self
-            .runtime
-            .clone()
-            .exec_sync(request(
-                cri::ExecSyncRequest {
-                    container_id: id.to_owned(),
-                    cmd,
-                    timeout: timeout.as_secs().max(1) as i64,
-                },
-                timeout + Duration::from_secs(5),
-            ))
+            .timed(
+                "exec_sync",
+                self.runtime.clone().exec_sync(request(
+                    cri::ExecSyncRequest {
+                        container_id: id.to_owned(),
+                        cmd,
+                        timeout: timeout.as_secs().max(1) as i64,
+                    },
+                    timeout + Duration::from_secs(5),
+                )),
+            )
             .await
             .map_err(call_err(format!("exec in container {id}")))?
             .into_inner();
@@ -366,20 +424,21 @@ impl Cri {
     /// runtime's streaming server that serves it (once).
     pub async fn exec(&self, id: &str, cmd: Vec<String>, stdio: Stdio) -> Result<String> {
         Ok(self
-            .runtime
-            .clone()
-            .exec(request(
-                cri::ExecRequest {
-                    container_id: id.to_owned(),
-                    cmd,
-                    tty: stdio.tty,
-                    stdin: stdio.stdin,
-                    stdout: stdio.stdout,
-                    // With a terminal, stderr is the terminal (CRI: stderr must be false).
-                    stderr: stdio.stderr && !stdio.tty,
-                },
-                CALL_TIMEOUT,
-            ))
+            .timed(
+                "exec",
+                self.runtime.clone().exec(request(
+                    cri::ExecRequest {
+                        container_id: id.to_owned(),
+                        cmd,
+                        tty: stdio.tty,
+                        stdin: stdio.stdin,
+                        stdout: stdio.stdout,
+                        // With a terminal, stderr is the terminal (CRI: stderr must be false).
+                        stderr: stdio.stderr && !stdio.tty,
+                    },
+                    CALL_TIMEOUT,
+                )),
+            )
             .await
             .map_err(call_err(format!("exec in container {id}")))?
             .into_inner()
@@ -390,18 +449,19 @@ impl Cri {
     /// URL of the runtime's streaming server that serves it (once).
     pub async fn attach(&self, id: &str, stdio: Stdio) -> Result<String> {
         Ok(self
-            .runtime
-            .clone()
-            .attach(request(
-                cri::AttachRequest {
-                    container_id: id.to_owned(),
-                    stdin: stdio.stdin,
-                    tty: stdio.tty,
-                    stdout: stdio.stdout,
-                    stderr: stdio.stderr && !stdio.tty,
-                },
-                CALL_TIMEOUT,
-            ))
+            .timed(
+                "attach",
+                self.runtime.clone().attach(request(
+                    cri::AttachRequest {
+                        container_id: id.to_owned(),
+                        stdin: stdio.stdin,
+                        tty: stdio.tty,
+                        stdout: stdio.stdout,
+                        stderr: stdio.stderr && !stdio.tty,
+                    },
+                    CALL_TIMEOUT,
+                )),
+            )
             .await
             .map_err(call_err(format!("attach to container {id}")))?
             .into_inner()
@@ -411,18 +471,19 @@ impl Cri {
     /// `ImageStatus`: the image's id when present.
     pub async fn image_id(&self, image: &str) -> Result<Option<String>> {
         let r = self
-            .images
-            .clone()
-            .image_status(request(
-                cri::ImageStatusRequest {
-                    image: Some(cri::ImageSpec {
-                        image: image.to_owned(),
-                        ..Default::default()
-                    }),
-                    verbose: false,
-                },
-                CALL_TIMEOUT,
-            ))
+            .timed(
+                "image_status",
+                self.images.clone().image_status(request(
+                    cri::ImageStatusRequest {
+                        image: Some(cri::ImageSpec {
+                            image: image.to_owned(),
+                            ..Default::default()
+                        }),
+                        verbose: false,
+                    },
+                    CALL_TIMEOUT,
+                )),
+            )
             .await
             .map_err(call_err(format!("get the status of image {image}")))?
             .into_inner();
@@ -432,18 +493,19 @@ impl Cri {
     /// `PullImage`, bounded by `timeout`; returns the image reference.
     pub async fn pull_image(&self, image: &str, timeout: Duration) -> Result<String> {
         Ok(self
-            .images
-            .clone()
-            .pull_image(request(
-                cri::PullImageRequest {
-                    image: Some(cri::ImageSpec {
-                        image: image.to_owned(),
+            .timed(
+                "pull_image",
+                self.images.clone().pull_image(request(
+                    cri::PullImageRequest {
+                        image: Some(cri::ImageSpec {
+                            image: image.to_owned(),
+                            ..Default::default()
+                        }),
                         ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                timeout,
-            ))
+                    },
+                    timeout,
+                )),
+            )
             .await
             .map_err(call_err(format!("pull image {image}")))?
             .into_inner()

@@ -144,8 +144,18 @@ pub struct ImageFailure {
 /// How long a pull may take before it counts as failed.
 pub const PULL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Ensures `image` is present per `policy` (`Always`, `IfNotPresent`, `Never`).
-pub async fn ensure_image(cri: &Cri, image: &str, policy: &str) -> Result<(), ImageFailure> {
+/// How a container's image came to be there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageOutcome {
+    /// It was present already.
+    Present,
+    /// It was pulled, taking this long.
+    Pulled(Duration),
+}
+
+/// Ensures `image` is present per `policy` (`Always`, `IfNotPresent`, `Never`);
+/// `on_pull` is called just before a pull starts.
+pub async fn ensure_image(cri: &Cri, image: &str, policy: &str, on_pull: impl FnOnce()) -> Result<ImageOutcome, ImageFailure> {
     if image.trim().is_empty() {
         return Err(ImageFailure {
             reason: "InvalidImageName",
@@ -163,15 +173,18 @@ pub async fn ensure_image(cri: &Cri, image: &str, policy: &str) -> Result<(), Im
         message: e.to_string(),
     })?;
     match (policy, present) {
-        ("Never", Some(_)) | ("IfNotPresent", Some(_)) => Ok(()),
+        ("Never", Some(_)) | ("IfNotPresent", Some(_)) => Ok(ImageOutcome::Present),
         ("Never", None) => Err(ImageFailure {
             reason: "ErrImageNeverPull",
             message: format!(
-                "container image \"{image}\" is not present with pull policy of Never"
+                "Container image \"{image}\" is not present with pull policy of Never"
             ),
         }),
-        _ => match cri.pull_image(image, PULL_TIMEOUT).await {
-            Ok(_) => Ok(()),
+        _ => {
+            on_pull();
+            let started = std::time::Instant::now();
+            match cri.pull_image(image, PULL_TIMEOUT).await {
+            Ok(_) => Ok(ImageOutcome::Pulled(started.elapsed())),
             Err(e) => Err(ImageFailure {
                 reason: "ErrImagePull",
                 message: format!(
@@ -179,6 +192,7 @@ pub async fn ensure_image(cri: &Cri, image: &str, policy: &str) -> Result<(), Im
                     e.message()
                 ),
             }),
-        },
+            }
+        }
     }
 }

@@ -128,6 +128,8 @@ pub(crate) struct Shared {
     pub node_ip: String,
     /// ServiceAccount tokens of projected volumes, requested as this node.
     pub tokens: crate::tokens::TokenManager,
+    /// Events about pods and the node (never waits for the API server).
+    pub events: crate::events::EventQueue,
 }
 
 impl std::fmt::Debug for Shared {
@@ -177,8 +179,8 @@ impl ObjectSource for StoreObjects {
     }
 }
 
-/// Wakers of the pod workers, by pod uid (for the relist).
-type Wakers = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
+/// What the relist tells each pod worker, by pod uid.
+type Wakers = Arc<Mutex<HashMap<String, Arc<crate::pod_worker::RuntimeSignal>>>>;
 
 /// Imports image archives (OCI layout or docker-save tar) into the
 /// kubelet's containerd; cheap to clone, usable after the kubelet started.
@@ -224,7 +226,8 @@ impl Kubelet {
             }
             Runtime::Existing(socket) => (None, socket),
         };
-        let cri = Cri::connect(&socket).await?;
+        let metrics = KubeletMetrics::default();
+        let cri = Cri::connect(&socket).await?.with_metrics(metrics.runtime_operations_seconds.clone());
         let (name, version) = cri.version().await?;
         info!(runtime = %name, %version, socket = %socket.display(), "connected to the container runtime");
         let staging = config.root_dir.join("images");
@@ -287,15 +290,19 @@ impl Kubelet {
             warn!("ConfigMaps, Secrets and Services are not listed yet; pods that use them wait");
         }
         let node_ip = config.node_ip.clone();
+        let (events, queued) = crate::events::EventQueue::new(crate::events::QUEUE_CAPACITY, metrics.events_dropped.clone());
+        let recorder = coxswain_runtime::events::Recorder::new(client.clone(), "kubelet", Some(config.node_name.clone()));
+        tasks.push(crate::events::spawn_writer(queued, recorder, metrics.events_recorded.clone()));
         Ok(Kubelet {
             shared: Arc::new(Shared {
                 config,
                 client,
                 cri: cri.clone(),
                 objects: Arc::new(objects),
-                metrics: KubeletMetrics::default(),
+                metrics,
                 node_ip,
                 tokens: crate::tokens::TokenManager::default(),
+                events,
             }),
             containerd,
             tasks,
@@ -334,6 +341,7 @@ impl Kubelet {
             shared.config.pod_cidr_fallback.as_deref(),
         )
         .await?;
+        shared.events.node(&shared.config.node_name, coxswain_runtime::events::EventType::Normal, crate::events::reason::STARTING, "Starting kubelet.".into());
         let network_ready = Arc::new(Notify::new());
         let ready_flag = Arc::new(Mutex::new(false));
         self.tasks.push(tokio::spawn(node_loop(shared.clone(), node, self.facts().await, network_ready.clone(), ready_flag.clone())));
@@ -462,6 +470,8 @@ async fn node_loop(shared: Arc<Shared>, node: Node, facts: NodeFacts, network_re
     let mut last: Option<(serde_json::Value, Instant)> = None;
     let mut last_lease: Option<Instant> = None;
     let mut warn = WarnOnce::default();
+    // The conditions already told as Node events.
+    let mut told = BTreeMap::new();
     loop {
         let cidr = crate::node::pod_cidr(&node, shared.config.pod_cidr_fallback.as_deref());
         let network = match cidr.as_deref().map(Ipv4Cidr::parse) {
@@ -496,6 +506,10 @@ async fn node_loop(shared: Arc<Shared>, node: Node, facts: NodeFacts, network_re
                 Ok(()) => {
                     last = Some((status, Instant::now()));
                     warn.clear();
+                    for reason in crate::node::condition_events(&mut told, &conds) {
+                        let message = format!("Node {name} status is now: {reason}");
+                        shared.events.node(&name, coxswain_runtime::events::EventType::Normal, reason, message);
+                    }
                 }
                 Err(e) => warn.warn(e.to_string()),
             }
@@ -538,7 +552,7 @@ async fn pod_manager(shared: Arc<Shared>, wakers: Wakers) {
             }
             _ => {
                 let handle = crate::pod_worker::spawn(shared.clone(), pod);
-                wakers.lock().unwrap_or_else(|e| e.into_inner()).insert(uid.clone(), handle.wake.clone());
+                wakers.lock().unwrap_or_else(|e| e.into_inner()).insert(uid.clone(), handle.runtime.clone());
                 workers.insert(uid, handle);
             }
         }
@@ -605,7 +619,8 @@ async fn remove_orphans(shared: Arc<Shared>, known: HashSet<String>) {
 }
 
 /// The lifecycle event generator: relists the runtime every second and
-/// wakes the workers of pods whose containers or sandboxes changed state.
+/// wakes the workers of pods whose containers or sandboxes changed state, telling each what
+/// its pod now has (a worker that already saw exactly that skips the sync).
 async fn relist_loop(shared: Arc<Shared>, wakers: Wakers) {
     let mut previous: HashMap<String, (i32, String)> = HashMap::new();
     loop {
@@ -623,7 +638,7 @@ async fn relist_loop(shared: Arc<Shared>, wakers: Wakers) {
             current.insert(c.id, (c.state, c.labels.get(LABEL_POD_UID).cloned().unwrap_or_default()));
         }
         for s in sandboxes {
-            current.insert(s.id, (s.state + 100, s.labels.get(LABEL_POD_UID).cloned().unwrap_or_default()));
+            current.insert(s.id, (crate::pod_worker::sandbox_state_key(s.state), s.labels.get(LABEL_POD_UID).cloned().unwrap_or_default()));
         }
         let mut changed: HashSet<&str> = HashSet::new();
         for (id, (state, uid)) in &current {
@@ -637,10 +652,17 @@ async fn relist_loop(shared: Arc<Shared>, wakers: Wakers) {
             }
         }
         if !changed.is_empty() {
+            let mut by_pod: HashMap<&str, Vec<(&str, i32)>> = HashMap::new();
+            for (id, (state, uid)) in &current {
+                if changed.contains(uid.as_str()) {
+                    by_pod.entry(uid).or_default().push((id, *state));
+                }
+            }
             let wakers = wakers.lock().unwrap_or_else(|e| e.into_inner());
             for uid in changed {
                 if let Some(w) = wakers.get(uid) {
-                    w.notify_one();
+                    let entries = by_pod.remove(uid).unwrap_or_default();
+                    w.changed(crate::pod_worker::fingerprint(entries));
                 }
             }
         }

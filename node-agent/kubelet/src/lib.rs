@@ -11,6 +11,7 @@ mod auth;
 mod cni;
 mod containerd;
 mod cri;
+mod events;
 mod images;
 mod kubelet;
 mod logs;

@@ -151,6 +151,35 @@ pub fn conditions(m: &Machine, runtime_ready: Result<(), String>) -> Vec<(String
     ]
 }
 
+/// The reason of the Node event upstream's kubelet records when condition `ty` becomes
+/// `status` (`Node <name> status is now: <reason>`).
+pub fn condition_event(ty: &str, status: bool) -> Option<&'static str> {
+    Some(match (ty, status) {
+        ("MemoryPressure", false) => "NodeHasSufficientMemory",
+        ("MemoryPressure", true) => "NodeHasInsufficientMemory",
+        ("DiskPressure", false) => "NodeHasNoDiskPressure",
+        ("DiskPressure", true) => "NodeHasDiskPressure",
+        ("PIDPressure", false) => "NodeHasSufficientPID",
+        ("PIDPressure", true) => "NodeHasInsufficientPID",
+        ("Ready", true) => "NodeReady",
+        ("Ready", false) => "NodeNotReady",
+        _ => return None,
+    })
+}
+
+/// The Node events due now that the conditions are `conds`, given what was already told
+/// (`told`, updated): one per condition whose status is new.
+pub fn condition_events(told: &mut BTreeMap<String, bool>, conds: &[(String, bool, String, String)]) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for (ty, status, _, _) in conds {
+        if told.get(ty) != Some(status) {
+            told.insert(ty.clone(), *status);
+            out.extend(condition_event(ty, *status));
+        }
+    }
+    out
+}
+
 /// The node's `status` (without heartbeat times), comparable across updates.
 pub fn node_status(facts: &NodeFacts, m: &Machine, conds: &[(String, bool, String, String)]) -> Value {
     let gib = |b: u64| format!("{}Ki", b / 1024);
@@ -348,6 +377,22 @@ impl WarnOnce {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn condition_changes_become_node_events_once() {
+        let cond = |ty: &str, ok: bool| (ty.to_owned(), ok, String::new(), String::new());
+        let mut told = BTreeMap::new();
+        let first = [cond("MemoryPressure", false), cond("DiskPressure", false), cond("PIDPressure", false), cond("Ready", false)];
+        assert_eq!(
+            condition_events(&mut told, &first),
+            vec!["NodeHasSufficientMemory", "NodeHasNoDiskPressure", "NodeHasSufficientPID", "NodeNotReady"]
+        );
+        assert!(condition_events(&mut told, &first).is_empty(), "nothing changed: nothing told");
+        let ready = [cond("MemoryPressure", false), cond("DiskPressure", false), cond("PIDPressure", false), cond("Ready", true)];
+        assert_eq!(condition_events(&mut told, &ready), vec!["NodeReady"]);
+        let pressure = [cond("MemoryPressure", true), cond("DiskPressure", false), cond("PIDPressure", false), cond("Ready", true)];
+        assert_eq!(condition_events(&mut told, &pressure), vec!["NodeHasInsufficientMemory"]);
+    }
+
     use super::*;
 
     #[test]

@@ -162,12 +162,34 @@ fn update(results: &ProbeResults, id: &str, wake: &Notify, f: impl FnOnce(&mut P
     }
 }
 
+/// Where failed probe runs are told (upstream's `Unhealthy` Events, one per failed run).
+#[derive(Debug, Clone)]
+pub struct ProbeEvents {
+    /// The kubelet's Event queue.
+    pub queue: crate::events::EventQueue,
+    /// The pod the container belongs to.
+    pub pod: k8s_openapi::api::core::v1::Pod,
+}
+
+impl ProbeEvents {
+    fn failed(&self, c: &Container, kind: &str, why: &str) {
+        self.queue.pod(
+            &self.pod,
+            Some(&c.name),
+            coxswain_runtime::events::EventType::Warning,
+            crate::events::reason::UNHEALTHY,
+            format!("{kind} probe failed: {why}"),
+        );
+    }
+}
+
 /// Runs `probe` until the task is aborted, calling `on_result(passed)` with
-/// each threshold-crossing verdict.
+/// each threshold-crossing verdict and `on_failure(why)` with every failed run.
 async fn probe_loop(
     probe: &Probe,
     c: &Container,
     target: &ProbeTarget,
+    on_failure: impl Fn(&str),
     mut on_result: impl FnMut(bool) -> bool,
 ) {
     tokio::time::sleep(secs(probe.initial_delay_seconds, 0)).await;
@@ -186,6 +208,7 @@ async fn probe_loop(
             }
             Outcome::Failure(why) => {
                 tracing::debug!(container = %c.name, %why, "probe failed");
+                on_failure(&why);
                 failures += 1;
                 successes = 0;
                 if failures >= failure_threshold && !on_result(false) {
@@ -204,11 +227,12 @@ pub async fn run_container_probes(
     target: ProbeTarget,
     results: ProbeResults,
     wake: Arc<Notify>,
+    events: ProbeEvents,
 ) {
     let id = target.container_id.clone();
     if let Some(startup) = &c.startup_probe {
         let mut started = false;
-        probe_loop(startup, &c, &target, |ok| {
+        probe_loop(startup, &c, &target, |why| events.failed(&c, "Startup", why), |ok| {
             started = ok;
             if !ok {
                 update(&results, &id, &wake, |s| s.unhealthy = true);
@@ -228,7 +252,7 @@ pub async fn run_container_probes(
     });
     let liveness = async {
         if let Some(p) = &c.liveness_probe {
-            probe_loop(p, &c, &target, |ok| {
+            probe_loop(p, &c, &target, |why| events.failed(&c, "Liveness", why), |ok| {
                 if !ok {
                     update(&results, &id, &wake, |s| s.unhealthy = true);
                 }
@@ -239,7 +263,7 @@ pub async fn run_container_probes(
     };
     let readiness = async {
         if let Some(p) = &c.readiness_probe {
-            probe_loop(p, &c, &target, |ok| {
+            probe_loop(p, &c, &target, |why| events.failed(&c, "Readiness", why), |ok| {
                 update(&results, &id, &wake, |s| s.ready = ok);
                 true
             })
