@@ -39,6 +39,31 @@ fn restart_count(pod: &Value, container: &str) -> i64 {
     container_status(pod, container)["restartCount"].as_i64().unwrap_or(0)
 }
 
+/// The Events about the object named `name` (any kind), as `kubectl get events` lists them.
+fn events_of(env: &KubeletEnv, name: &str) -> Vec<Value> {
+    let out = env.kubectl(&["get", "events", "--field-selector", &format!("involvedObject.name={name}"), "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).expect("kubectl json");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits for an Event about `name` with `reason` whose message contains `message`.
+fn wait_event(env: &KubeletEnv, name: &str, reason: &str, message: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = events_of(env, name);
+        if let Some(e) = events.iter().find(|e| e["reason"] == reason && e["message"].as_str().is_some_and(|m| m.contains(message))) {
+            return e.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {reason} event saying {message:?} about {name}; events: {}\n{}",
+            serde_json::to_string_pretty(&events).unwrap_or_default(),
+            env.log("agent.log")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn in_cidr(ip: &str, cidr: &str) -> bool {
     let cidr = coxswain_kubelet::Ipv4Cidr::parse(cidr).expect("an IPv4 CIDR");
     let ip: std::net::Ipv4Addr = ip.parse().expect("an IPv4 address");
@@ -213,6 +238,10 @@ fn restart_policies_and_crash_loop_backoff() {
     assert!(c["state"]["waiting"]["message"].as_str().unwrap().contains("back-off"), "{c}");
     assert_eq!(crash["status"]["phase"], "Running");
     assert_eq!(condition(&crash, "Ready"), Some("False"));
+    let uid = crash["metadata"]["uid"].as_str().unwrap().to_owned();
+    let backoff = wait_event(&env, "crasher", "BackOff", &format!("Back-off restarting failed container c in pod crasher_default({uid})"));
+    assert_eq!(backoff["type"], "Warning");
+    assert_eq!(backoff["involvedObject"]["fieldPath"], "spec.containers{c}");
     let seen_at = Instant::now();
     let count = restart_count(&crash, "c");
     let next = env.wait_pod("crasher", "restarted after its back-off", Duration::from_secs(60), |p| restart_count(p, "c") > count);
@@ -300,6 +329,16 @@ fn probes_of_each_kind_pass_and_fail() {
     let u = env.wait_pod("unready", "restarted by a failing httpGet liveness probe", Duration::from_secs(60), |p| restart_count(p, "c") >= 1);
     assert_eq!(condition(&u, "Ready"), Some("False"));
     assert_eq!(container_status(&u, "c")["ready"], false);
+
+    // Each failing probe is told as upstream's kubelet tells it.
+    let e = wait_event(&env, "unready", "Unhealthy", "Liveness probe failed: Get http://");
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["source"]["component"], "kubelet");
+    wait_event(&env, "unready", "Unhealthy", "Readiness probe failed: dial tcp ");
+    wait_event(&env, "unready", "Killing", "Container c failed liveness probe, will be restarted");
+    wait_event(&env, "probed", "Unhealthy", "Startup probe failed: exit code 1");
+    let described = env.kubectl(&["describe", "pod", "unready"]);
+    assert!(described.contains("Liveness probe failed"), "{described}");
 }
 
 #[test]
@@ -323,12 +362,28 @@ fn graceful_termination_runs_pre_stop_then_term_then_kill() {
     env.wait_ready("polite");
     env.wait_ready("stubborn");
 
+    // What `kubectl describe pod` shows of a started pod: upstream's reasons and wording,
+    // from component kubelet on this node, about the container.
+    let started = wait_event(&env, "polite", "Started", "Started container c");
+    assert_eq!(started["type"], "Normal");
+    assert_eq!(started["source"]["component"], "kubelet");
+    assert_eq!(started["source"]["host"], node.as_str());
+    assert_eq!(started["involvedObject"]["kind"], "Pod");
+    assert_eq!(started["involvedObject"]["fieldPath"], "spec.containers{c}");
+    wait_event(&env, "polite", "Pulled", &format!("Container image \"{BUSYBOX}\" already present on machine"));
+    wait_event(&env, "polite", "Created", "Created container: c");
+    let described = env.kubectl(&["describe", "pod", "polite"]);
+    for needle in ["Pulled", "already present on machine", "Created container: c", "Started container c", "kubelet"] {
+        assert!(described.contains(needle), "describe lacks {needle:?}:\n{described}");
+    }
+
     let started = Instant::now();
     env.kubectl(&["delete", "pod", "polite", "--timeout=60s"]);
     let polite_took = started.elapsed();
     assert!(polite_took < Duration::from_secs(10), "a container that exits on SIGTERM took {polite_took:?}");
     assert_eq!(std::fs::read_to_string(out.join("prestop")).unwrap().trim(), "prestop");
     assert_eq!(std::fs::read_to_string(out.join("term")).unwrap().trim(), "term");
+    assert_eq!(wait_event(&env, "polite", "Killing", "Stopping container c")["type"], "Normal");
 
     let started = Instant::now();
     env.kubectl(&["delete", "pod", "stubborn", "--timeout=60s"]);
@@ -431,6 +486,43 @@ fn logs_and_exec_through_the_api_server_with_kubectl() {
     // Unknown containers are refused by the API server.
     let bad = env.kubectl_raw(&["logs", "talker", "-c", "nope"], None);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("container nope is not valid for pod talker"));
+}
+
+#[test]
+fn crash_loop_back_off_survives_an_agent_restart_and_the_node_tells_its_events() {
+    let _serial = serial();
+    let mut env = KubeletEnv::start(17, EnvOptions { pod_cidr_flag: true });
+    let node = env.node_name.clone();
+
+    // The Node's own events: the kubelet started, the node became Ready.
+    let starting = wait_event(&env, &node, "Starting", "Starting kubelet.");
+    assert_eq!(starting["involvedObject"]["kind"], "Node");
+    assert_eq!(starting["source"]["host"], node.as_str());
+    wait_event(&env, &node, "NodeReady", &format!("Node {node} status is now: NodeReady"));
+    wait_event(&env, &node, "NodeHasSufficientMemory", &format!("Node {node} status is now: NodeHasSufficientMemory"));
+    let described = env.kubectl(&["describe", "node", &node]);
+    assert!(described.contains("Starting kubelet."), "{described}");
+
+    // Attempt 0 exits and restarts at once, attempt 1 after 10 s; attempt 2's exit means 20 s.
+    env.apply(&pod("crasher", &node, json!({"terminationGracePeriodSeconds": 1, "containers": [sh("c", "exit 3")]})));
+    let looping = env.wait_pod("crasher", "backing off after its third exit", Duration::from_secs(90), |p| {
+        let c = container_status(p, "c");
+        restart_count(p, "c") == 2 && c["state"]["waiting"]["reason"] == "CrashLoopBackOff" && c["state"]["waiting"]["message"].as_str().is_some_and(|m| m.contains("back-off 20s"))
+    });
+    let finished: jiff::Timestamp = container_status(&looping, "c")["lastState"]["terminated"]["finishedAt"]
+        .as_str()
+        .expect("the last exit's finish time")
+        .parse()
+        .unwrap();
+
+    // A new agent knows nothing in memory: the back-off comes from what containerd keeps.
+    env.stop_agent();
+    env.start_agent();
+    let restarted = env.wait_pod("crasher", "restarted after its back-off", Duration::from_secs(90), |p| restart_count(p, "c") >= 3);
+    let waited = jiff::Timestamp::now().duration_since(finished);
+    // finishedAt has whole seconds: 20 s of back-off shows as at least 19.
+    assert!(waited >= jiff::SignedDuration::from_secs(19), "restarted {waited:?} after the exit: the agent restart forgot the back-off");
+    assert_eq!(restart_count(&restarted, "c"), 3);
 }
 
 #[test]

@@ -925,6 +925,10 @@ impl PodWorker {
     /// After termination: removes the pod's sandboxes (their containers with them) and its
     /// directories.
     async fn remove_everything(&mut self) {
+        // Clean-up of pods already gone from the API waits its turn, so that a burst of
+        // deletions leaves the runtime's CPU to the pods still stopping or starting.
+        static REMOVALS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+        let _turn = REMOVALS.acquire().await;
         let t = Instant::now();
         let cri = &self.shared.cri;
         match cri.list_sandboxes(labels([(LABEL_POD_UID, &self.uid)])).await {
