@@ -32,7 +32,9 @@ pub enum Target {
     Scheduler,
     /// Pods on a real node (containerd, runc, CNI): creation to
     /// Running-and-Ready through a watch, sequential and 30 at once, and
-    /// deletion time (root; writes target/bench/pods.json).
+    /// deletion time, with the kubelet's per-step and per-CRI-call breakdown,
+    /// CPU per component, and the runtime alone over CRI as the floor (root;
+    /// writes target/bench/pods.json).
     Pods,
 }
 
