@@ -402,6 +402,13 @@ impl TwoNodeLan {
         })
     }
 
+    /// Node `i`'s address on its link to its pod (the pod's gateway,
+    /// `10.<net>.<i + 1>.1`).
+    pub fn pod_gateway(&self, i: usize) -> std::net::Ipv4Addr {
+        let [a, b, c, _] = self.pod_addrs[i].octets();
+        std::net::Ipv4Addr::new(a, b, c, 1)
+    }
+
     /// The LAN namespace (the bridge and its ports `p-client`, `p-node0`,
     /// `p-node1`).
     pub fn lan(&self) -> &NetNs {

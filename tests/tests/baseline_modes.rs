@@ -9,9 +9,15 @@
 //! 1 to 3 answer with their names (`b1`..`b3`), host 4 stands for the
 //! node's uplink, where the Service range is routed (and ends: it does not
 //! forward). Each test runs once per mode, each in a topology of its own.
+//!
+//! NodePorts over an uplink (as `nodeport.rs` tests the eBPF dataplane) run
+//! on a `TwoNodeLan`: a client on the LAN reaches node A's NodePort, the
+//! rules applied in node A's namespace, with endpoints on node A and node
+//! B, under both `externalTrafficPolicy` values.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
+    io::{Read, Write},
     net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
@@ -19,16 +25,16 @@ use std::{
 use anyhow::{Context, Result};
 use coxswain_dataplane::MemoryServiceMaps;
 use coxswain_proxy::{
-    NodeInfo, ProxyState,
-    iptables::{self, IptablesOptions, IptablesRuleset},
+    FrontendView, NodeInfo, ProxyState,
+    iptables::{self, IptablesOptions, IptablesRuleset, Ipv4Cidr},
     nftables::{self, NftOptions},
 };
 use coxswain_tests::{
     baseline,
     fixture::{TARGET_PORT, TIMEOUT, VIP, ask, connect},
-    netns::{NetNs, RoutedTopology},
+    netns::{NetNs, RoutedTopology, TwoNodeLan},
     require_root,
-    servers::NameServer,
+    servers::{NameServer, WHOAMI},
 };
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde_json::json;
@@ -53,13 +59,92 @@ const MODES: [(Mode, u8); 3] = [
 /// A chain and rule in the nat table that are not ours (shared mode).
 const FOREIGN_CHAIN: &str = "FOREIGN-PORTALS";
 
+/// One mode's rules in one node namespace, synced as that mode's proxy
+/// syncs them.
+struct Rules {
+    mode: Mode,
+    /// The pods' sources (`--cluster-cidr`).
+    cluster_cidr: Option<Ipv4Cidr>,
+    /// The last iptables sync (its chains, for the next one).
+    previous: Option<IptablesRuleset>,
+}
+
+impl Rules {
+    /// In shared mode, `ns` first gets a foreign chain and rule in `nat`
+    /// and the jump rules into ours, as kube-proxy finds and ensures them.
+    fn new(mode: Mode, ns: &NetNs, cluster_cidr: Option<Ipv4Cidr>) -> Self {
+        if mode == Mode::IptablesShared {
+            for args in [
+                &["-t", "nat", "-N", FOREIGN_CHAIN][..],
+                &["-t", "nat", "-A", FOREIGN_CHAIN, "-j", "RETURN"],
+                &["-t", "nat", "-A", "PREROUTING", "-j", FOREIGN_CHAIN],
+            ] {
+                let out = ns.exec("iptables", args).expect("run iptables");
+                assert!(out.status.success(), "iptables {args:?} failed");
+            }
+            for jump in iptables::JUMP_RULES {
+                baseline::iptables_ensure_jump(ns, jump.table, jump.chain, jump.rule, jump.target)
+                    .expect("ensure jump rule");
+            }
+        }
+        Rules {
+            mode,
+            cluster_cidr,
+            previous: None,
+        }
+    }
+
+    /// Renders everything and applies it (a full sync).
+    fn full_sync(&mut self, ns: &NetNs, desired: &[FrontendView]) -> Result<()> {
+        match self.mode {
+            Mode::Iptables | Mode::IptablesShared => {
+                let options = IptablesOptions {
+                    shared_tables: self.mode == Mode::IptablesShared,
+                    cluster_cidr: self.cluster_cidr,
+                    ..IptablesOptions::default()
+                };
+                let rules = iptables::render(desired, &options, self.previous.as_ref());
+                baseline::iptables_restore(ns, rules.restore_args(), &rules.restore)?;
+                self.previous = Some(rules);
+            }
+            Mode::Nftables => {
+                baseline::nft(ns, &nftables::full(desired, &self.nft_options()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One Service changed from `before` to `after`: iptables rewrites
+    /// everything (`desired`), nftables only that Service.
+    fn after_change(
+        &mut self,
+        ns: &NetNs,
+        before: &[FrontendView],
+        after: &[FrontendView],
+        desired: &[FrontendView],
+    ) -> Result<()> {
+        match self.mode {
+            Mode::Iptables | Mode::IptablesShared => self.full_sync(ns, desired),
+            Mode::Nftables => {
+                baseline::nft(ns, &nftables::update(before, after, &self.nft_options()))
+            }
+        }
+    }
+
+    fn nft_options(&self) -> NftOptions {
+        NftOptions {
+            cluster_cidr: self.cluster_cidr,
+            ..NftOptions::default()
+        }
+    }
+}
+
 /// A node running one baseline mode between a client and three backends.
 struct Node {
     mode: Mode,
     proxy: ProxyState,
     maps: MemoryServiceMaps,
-    /// The last iptables sync (its chains, for the next one).
-    iptables: Option<IptablesRuleset>,
+    rules: Rules,
     _servers: Vec<NameServer>,
     topo: RoutedTopology,
 }
@@ -70,26 +155,7 @@ impl Node {
         require_root();
         let topo = RoutedTopology::create(net, 5).expect("create topology");
         baseline::route_services_to_sink(&topo, 4).expect("route the Service range");
-        if mode == Mode::IptablesShared {
-            for args in [
-                &["-t", "nat", "-N", FOREIGN_CHAIN][..],
-                &["-t", "nat", "-A", FOREIGN_CHAIN, "-j", "RETURN"],
-                &["-t", "nat", "-A", "PREROUTING", "-j", FOREIGN_CHAIN],
-            ] {
-                let out = topo.node.exec("iptables", args).expect("run iptables");
-                assert!(out.status.success(), "iptables {args:?} failed");
-            }
-            for jump in iptables::JUMP_RULES {
-                baseline::iptables_ensure_jump(
-                    &topo.node,
-                    jump.table,
-                    jump.chain,
-                    jump.rule,
-                    jump.target,
-                )
-                .expect("ensure jump rule");
-            }
-        }
+        let rules = Rules::new(mode, &topo.node, None);
         let servers = (1..=3)
             .map(|i| {
                 NameServer::start(&topo.hosts[i].ns, &format!("b{i}"), TARGET_PORT)
@@ -103,7 +169,7 @@ impl Node {
                 addresses: vec![],
             }),
             maps: MemoryServiceMaps::default(),
-            iptables: None,
+            rules,
             _servers: servers,
             topo,
         };
@@ -116,7 +182,9 @@ impl Node {
                 .unwrap();
         }
         node.proxy.full_resync(&mut node.maps).unwrap();
-        node.full_sync().expect("initial sync");
+        node.rules
+            .full_sync(&node.topo.node, &node.proxy.desired())
+            .expect("initial sync");
         node
     }
 
@@ -129,46 +197,17 @@ impl Node {
         self.topo.hosts[i].addr.to_string()
     }
 
-    /// Renders everything and applies it (a full sync).
-    fn full_sync(&mut self) -> Result<()> {
-        let desired = self.proxy.desired();
-        match self.mode {
-            Mode::Iptables | Mode::IptablesShared => {
-                let rules = iptables::render(
-                    &desired,
-                    &iptables_options(self.mode),
-                    self.iptables.as_ref(),
-                );
-                baseline::iptables_restore(&self.topo.node, rules.restore_args(), &rules.restore)?;
-                self.iptables = Some(rules);
-            }
-            Mode::Nftables => {
-                baseline::nft(
-                    &self.topo.node,
-                    &nftables::full(&desired, &NftOptions::default()),
-                )?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A changed EndpointSlice of `web`, synced as each mode's proxy does:
-    /// iptables rewrites everything, nftables only that Service.
+    /// A changed EndpointSlice of `web`, synced as each mode's proxy does.
     fn upsert_slice(&mut self, slice: &EndpointSlice) -> Result<()> {
         let before = self.proxy.service_frontends("default", "web");
         self.proxy.upsert_endpoint_slice(&mut self.maps, slice)?;
         self.after_change(&before)
     }
 
-    fn after_change(&mut self, before: &[coxswain_proxy::FrontendView]) -> Result<()> {
-        match self.mode {
-            Mode::Iptables | Mode::IptablesShared => self.full_sync(),
-            Mode::Nftables => {
-                let after = self.proxy.service_frontends("default", "web");
-                let script = nftables::update(before, &after, &NftOptions::default());
-                baseline::nft(&self.topo.node, &script)
-            }
-        }
+    fn after_change(&mut self, before: &[FrontendView]) -> Result<()> {
+        let after = self.proxy.service_frontends("default", "web");
+        self.rules
+            .after_change(&self.topo.node, before, &after, &self.proxy.desired())
     }
 
     /// The names of the backends reached by `n` new connections.
@@ -181,14 +220,6 @@ impl Node {
                     .unwrap_or_else(|e| panic!("{:?}: connection {i}: {e:#}", self.mode))
             })
             .collect()
-    }
-}
-
-/// Whole-table restores (as the bench runs) or kube-proxy's shared tables.
-fn iptables_options(mode: Mode) -> IptablesOptions {
-    IptablesOptions {
-        shared_tables: mode == Mode::IptablesShared,
-        ..IptablesOptions::default()
     }
 }
 
@@ -477,5 +508,212 @@ fn hairpin_a_backend_reaches_itself_through_its_service() {
             })
             .unwrap_or_else(|e| panic!("{mode:?}: hairpin connection: {e:#}"));
         assert_eq!(name, "b1", "{mode:?}");
+    }
+}
+
+const NODE_PORT: u16 = 30080;
+
+/// How long a dropped connection attempt is given: one SYN, no
+/// retransmission (the first comes after a second).
+const DROP_WAIT: Duration = Duration::from_millis(900);
+
+/// Node A of a `TwoNodeLan` running one baseline mode, with `web`'s
+/// endpoints on pod-a (node A) and pod-b (node B); node B only routes.
+struct Lan {
+    mode: Mode,
+    lan: TwoNodeLan,
+    proxy: ProxyState,
+    maps: MemoryServiceMaps,
+    rules: Rules,
+    _servers: Vec<NameServer>,
+}
+
+impl Lan {
+    fn new(mode: Mode, net: u8) -> Self {
+        require_root();
+        let lan = TwoNodeLan::create(net).expect("topology");
+        let servers = vec![
+            NameServer::start(&lan.pods[0], "a", TARGET_PORT).expect("server on pod-a"),
+            NameServer::start(&lan.pods[1], "b", TARGET_PORT).expect("server on pod-b"),
+        ];
+        // Pods are told apart by node A's pod network (kube-proxy's
+        // `NodeCIDR` detection): the LAN shares `10.<net>.0.0/16` with the
+        // pods, so no CIDR holds both pods and not the client.
+        let pods = Ipv4Cidr::new(lan.pod_addrs[0], 24).expect("a /24");
+        let rules = Rules::new(mode, &lan.nodes[0], Some(pods));
+        let mut proxy = ProxyState::new(NodeInfo {
+            name: "node-a".into(),
+            addresses: vec![lan.node_addrs[0]],
+        });
+        let mut maps = MemoryServiceMaps::default();
+        proxy.full_resync(&mut maps).expect("initial resync");
+        let mut node = Lan {
+            mode,
+            lan,
+            proxy,
+            maps,
+            rules,
+            _servers: servers,
+        };
+        node.rules
+            .full_sync(&node.lan.nodes[0], &node.proxy.desired())
+            .expect("initial sync");
+        node
+    }
+
+    /// The NodePort Service `web` under `policy`, with endpoints on the
+    /// pods `endpoints` (0: pod-a on node-a, 1: pod-b on node-b), synced.
+    fn program(&mut self, policy: &str, endpoints: &[usize]) {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {
+                "type": "NodePort",
+                "clusterIP": "10.96.0.20",
+                "externalTrafficPolicy": policy,
+                "ports": [{"port": 80, "targetPort": TARGET_PORT, "nodePort": NODE_PORT, "protocol": "TCP"}]
+            }
+        }))
+        .expect("service");
+        let endpoints: Vec<_> = endpoints
+            .iter()
+            .map(|&i| {
+                let node = ["node-a", "node-b"][i];
+                json!({
+                    "addresses": [self.lan.pod_addrs[i].to_string()],
+                    "conditions": {"ready": true},
+                    "nodeName": node
+                })
+            })
+            .collect();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"port": TARGET_PORT, "protocol": "TCP"}]
+        }))
+        .expect("slice");
+        let before = self.proxy.service_frontends("default", "web");
+        self.proxy
+            .upsert_service(&mut self.maps, &service)
+            .expect("service");
+        self.proxy
+            .upsert_endpoint_slice(&mut self.maps, &slice)
+            .expect("slice");
+        let after = self.proxy.service_frontends("default", "web");
+        self.rules
+            .after_change(&self.lan.nodes[0], &before, &after, &self.proxy.desired())
+            .unwrap_or_else(|e| panic!("{:?}: sync: {e:#}", self.mode));
+    }
+
+    /// `n` connections from `from` to node A's NodePort, each given
+    /// `timeout` to connect: which pod answered and the client address it
+    /// saw (`a:10.1.0.100`), with counts.
+    fn whoami(
+        &self,
+        from: &NetNs,
+        n: usize,
+        timeout: Duration,
+    ) -> std::io::Result<BTreeMap<String, usize>> {
+        let target = SocketAddr::from((self.lan.node_addrs[0], NODE_PORT));
+        from.run_in(|| {
+            let mut seen = BTreeMap::new();
+            for _ in 0..n {
+                let mut stream = TcpStream::connect_timeout(&target, timeout)?;
+                stream.set_read_timeout(Some(TIMEOUT))?;
+                stream.write_all(WHOAMI)?;
+                let mut buf = [0u8; 128];
+                let len = stream.read(&mut buf)?;
+                *seen
+                    .entry(String::from_utf8_lossy(&buf[..len]).into_owned())
+                    .or_insert(0) += 1;
+            }
+            Ok(seen)
+        })
+        .map_err(|e| match e.downcast::<std::io::Error>() {
+            Ok(io) => io,
+            Err(other) => std::io::Error::other(format!("{other:#}")),
+        })
+    }
+}
+
+/// The pods that answered, and what they saw, without the counts.
+fn kinds(seen: &BTreeMap<String, usize>) -> Vec<&str> {
+    seen.keys().map(String::as_str).collect()
+}
+
+#[test]
+fn nodeport_cluster_policy_reaches_both_nodes_masqueraded() {
+    for (mode, offset) in MODES {
+        let mut node = Lan::new(mode, 239 + offset);
+        node.program("Cluster", &[0, 1]);
+        let seen = node
+            .whoami(&node.lan.client, 40, TIMEOUT)
+            .unwrap_or_else(|e| panic!("{mode:?}: connections through the NodePort: {e}"));
+        // kube-proxy masquerades all external traffic under Cluster (its
+        // KUBE-EXT chain marks every packet): pod-a sees node A's address
+        // on its link, pod-b node A's LAN address, neither the client.
+        // (The eBPF dataplane source-NATs only the flows it sends to
+        // another node: there pod-a sees the client.) Each pod is missed by
+        // 40 random choices with probability 2^-40.
+        let (pod_gateway, node_a) = (
+            format!("a:{}", node.lan.pod_gateway(0)),
+            format!("b:{}", node.lan.node_addrs[0]),
+        );
+        assert_eq!(
+            kinds(&seen),
+            [pod_gateway.as_str(), node_a.as_str()],
+            "{mode:?}: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn nodeport_local_policy_keeps_the_client_address_and_drops_without_a_local_endpoint() {
+    for (mode, offset) in MODES {
+        let mut node = Lan::new(mode, 242 + offset);
+        let client = node.lan.client_addr;
+        node.program("Local", &[0, 1]);
+        let seen = node
+            .whoami(&node.lan.client, 20, TIMEOUT)
+            .unwrap_or_else(|e| panic!("{mode:?}: connections through the NodePort: {e}"));
+        // Only node A's pod, which sees the client itself: not masqueraded.
+        assert_eq!(kinds(&seen), [format!("a:{client}")], "{mode:?}: {seen:?}");
+
+        // Only a remote endpoint: kube-proxy drops outside traffic ("has no
+        // local endpoints"), so the client's SYN goes unanswered; without
+        // that rule node A, with no listener on the port, would reset it.
+        // (The eBPF dataplane refuses instead.)
+        node.program("Local", &[1]);
+        let start = Instant::now();
+        let err = node
+            .whoami(&node.lan.client, 1, DROP_WAIT)
+            .expect_err("no local endpoint");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::TimedOut,
+            "{mode:?}: {err} after {:?}",
+            start.elapsed()
+        );
+
+        // Pods (by the cluster CIDR) and node A itself are no outside
+        // clients: they reach the remote endpoint, a pod with its own
+        // address, the node masqueraded.
+        let pod_a = node.lan.pod_addrs[0];
+        let seen = node
+            .whoami(&node.lan.pods[0], 5, TIMEOUT)
+            .unwrap_or_else(|e| panic!("{mode:?}: pod-a to its node's NodePort: {e}"));
+        assert_eq!(kinds(&seen), [format!("b:{pod_a}")], "{mode:?}: {seen:?}");
+        let node_a = node.lan.node_addrs[0];
+        let seen = node
+            .whoami(&node.lan.nodes[0], 5, TIMEOUT)
+            .unwrap_or_else(|e| panic!("{mode:?}: node A to its own NodePort: {e}"));
+        assert_eq!(kinds(&seen), [format!("b:{node_a}")], "{mode:?}: {seen:?}");
+
+        // A local endpoint again: outside clients reach it.
+        node.program("Local", &[0, 1]);
+        let seen = node
+            .whoami(&node.lan.client, 5, TIMEOUT)
+            .unwrap_or_else(|e| panic!("{mode:?}: the local endpoint is back: {e}"));
+        assert_eq!(kinds(&seen), [format!("a:{client}")], "{mode:?}: {seen:?}");
     }
 }

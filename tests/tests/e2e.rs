@@ -868,15 +868,25 @@ fn pods_reach_the_api_server_through_the_kubernetes_service() {
             "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT | od -An -tx1 | head -n 1",
         );
         assert!(ok && record.starts_with("15 03"), "no TLS answer through the Service from {pod} on node-{k}: {record:?} {err}\n{}", c.agent_log(k));
-        // And a real call with the pod's token (what rest.InClusterConfig does): who am I?
-        let (ok, body, err) = exec(&format!(
-            "wget -q -O- --no-check-certificate --header \"Authorization: Bearer $(cat {sa}/token)\" \
-             --header 'Content-Type: application/json' \
-             --post-data '{{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"SelfSubjectReview\"}}' \
-             https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/apis/authentication.k8s.io/v1/selfsubjectreviews"
-        ));
-        assert!(ok, "the API call from {pod} on node-{k} failed: {body} {err}\n{}", c.agent_log(k));
-        let review: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        // And a real call with the pod's credentials (what rest.InClusterConfig does: its
+        // token, its ca.crt, the Service's address): who am I? Made from the host, because
+        // busybox's own TLS client sends no signature_algorithms extension, so a server may
+        // only sign with SHA-1 for it, which rustls (rightly) refuses to do.
+        let (_, token, _) = exec(&format!("cat {sa}/token"));
+        let (_, ca, _) = exec(&format!("cat {sa}/ca.crt"));
+        let ca_file = c.data.join(format!("{pod}-ca.crt"));
+        std::fs::write(&ca_file, format!("{ca}\n")).expect("write the pod's CA");
+        let venv = std::env::var("COXSWAIN_VENV").unwrap_or_else(|_| "/opt/coxswain/venv".into());
+        let out = run(
+            Command::new(Path::new(&venv).join("bin/kubectl"))
+                .args(["--kubeconfig", "/dev/null", "--server", &format!("https://{host}")])
+                .arg(format!("--certificate-authority={}", ca_file.display()))
+                .args(["--token", &token, "auth", "whoami", "-o", "json"]),
+            None,
+        );
+        let _ = std::fs::remove_file(&ca_file);
+        assert!(out.status.success(), "the call with {pod}'s credentials failed: {}", String::from_utf8_lossy(&out.stderr));
+        let review: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", out.stdout));
         assert_eq!(review["status"]["userInfo"]["username"], format!("system:serviceaccount:{ns}:default"), "{review}");
         assert_eq!(review["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"], serde_json::json!([pod]));
         let (_, namespace, _) = exec(&format!("cat {sa}/namespace"));

@@ -688,6 +688,8 @@ fn agent_command(layout: &Layout, k: u8, bins: &Path, join: Option<&[String]>) -
         .arg(node_kubeconfig_path(layout, k))
         .args(["--node-name", &layout.node_name(k), "--node-ip", &layout.node_ip(k)])
         .args(["--pod-cidr", &layout.pod_cidr(k), "--cni-bridge", &layout.pod_bridge()])
+        // Rule modes tell pod traffic apart by it (kube-proxy's --cluster-cidr).
+        .args(["--cluster-cidr", &layout.cluster_cidr()])
         .arg("--kubelet-root-dir")
         .arg(node.join("kubelet"))
         .arg("--containerd-root")

@@ -1146,6 +1146,43 @@ pub fn record_update(
     }
     let entries = update_entries(entries, live, new, writer, scope, now);
     set_managed_fields(new, entries);
+    if let Some(live) = live {
+        keep_live_timestamps(live, new);
+    }
+}
+
+/// Upstream's `IgnoreManagedFieldsTimestampsTransformer`: when a write changes nothing but
+/// managed-field timestamps (a client sending back the entries it read earlier, say), the
+/// live entries stay as they are, so that the write is a no-op (no new resourceVersion, no
+/// watch event) whatever second it lands in.
+fn keep_live_timestamps(live: &Value, new: &mut Value) {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+            meta.remove("resourceVersion");
+        }
+        v
+    };
+    let untimed = |v: &Value| {
+        let mut entries = managed_fields_of(v).cloned().unwrap_or(Value::Null);
+        for e in entries.as_array_mut().into_iter().flatten() {
+            if let Some(e) = e.as_object_mut() {
+                e.remove("time");
+            }
+        }
+        entries
+    };
+    if managed_fields_of(live) != managed_fields_of(new)
+        && untimed(live) == untimed(new)
+        && strip(live) == strip(new)
+        && let (Some(entries), Some(meta)) = (
+            managed_fields_of(live).cloned(),
+            new.get_mut("metadata").and_then(Value::as_object_mut),
+        )
+    {
+        meta.insert("managedFields".into(), entries);
+    }
 }
 
 fn update_entries(

@@ -202,8 +202,9 @@ async fn invalid_limit_ranges_and_quotas_are_refused_with_causes() -> Result<()>
         .await?;
     ensure!(
         reply.status == 422
+            && reply.json()["details"]["causes"][0]["field"] == "spec.containers[0].resources.requests"
             && reply.json()["details"]["causes"][0]["message"]
-                == "spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1",
+                == "Invalid value: \"2\": must be less than or equal to cpu limit of 1",
         "{}",
         reply.json()
     );

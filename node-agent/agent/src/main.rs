@@ -92,6 +92,14 @@ struct Args {
     #[arg(long, value_enum, default_value_t = ProxyMode::Ebpf)]
     proxy_mode: ProxyMode,
 
+    /// The cluster's pod network (kube-proxy's `--cluster-cidr`), for the
+    /// `iptables` and `nftables` proxy modes: pods reach NodePorts and
+    /// external IPs under `externalTrafficPolicy: Local` at every endpoint,
+    /// and ClusterIP traffic from outside it is masqueraded. Without it, as
+    /// kube-proxy without the flag: pods count as outside clients there.
+    #[arg(long, value_name = "CIDR")]
+    cluster_cidr: Option<coxswain_proxy::iptables::Ipv4Cidr>,
+
     /// How new flows pick a backend: `random` (as kube-proxy) or `maglev`
     /// (consistent hashing: every node picks the same backend for a flow,
     /// and a backend change moves few flows). A Service overrides it with
@@ -303,6 +311,7 @@ async fn main() -> Result<()> {
                 node_name: args.node_name.clone().unwrap_or_else(hostname),
                 lb_algorithm: args.lb_algorithm,
                 stale_flows: Some(stale_flows),
+                cluster_cidr: args.cluster_cidr,
             };
             let proxy_target = match args.proxy_mode {
                 ProxyMode::Ebpf => proxy_loop::ProxyTarget::Ebpf(dataplane.clone()),

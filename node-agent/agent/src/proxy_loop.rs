@@ -64,6 +64,8 @@ pub struct ProxyConfig {
     /// Where backends that left UDP/SCTP frontends go for their flows'
     /// conntrack entries to be deleted (the collector's thread); eBPF mode.
     pub stale_flows: Option<std::sync::mpsc::Sender<Vec<coxswain_dataplane::StaleBackend>>>,
+    /// The pods' sources for the netfilter modes (`--cluster-cidr`).
+    pub cluster_cidr: Option<coxswain_proxy::iptables::Ipv4Cidr>,
 }
 
 /// One event from any of the three watches.
@@ -123,12 +125,16 @@ pub async fn run(
             (Some(dataplane), None)
         }
         ProxyTarget::Rules(mode) => {
-            info!(?mode, "netfilter proxy mode: rules are rewritten at most once a second");
+            info!(
+                ?mode,
+                cluster_cidr = ?config.cluster_cidr,
+                "netfilter proxy mode: rules are rewritten at most once a second"
+            );
             (
                 None,
                 Some(RuleTarget {
                     maps: MemoryServiceMaps::default(),
-                    syncer: RuleSyncer::new(mode),
+                    syncer: RuleSyncer::new(mode, config.cluster_cidr),
                     dirty: false,
                     last: None,
                 }),

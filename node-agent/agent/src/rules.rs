@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use coxswain_proxy::FrontendView;
-use coxswain_proxy::iptables::{self, IptablesOptions, IptablesRuleset, JUMP_RULES};
+use coxswain_proxy::iptables::{self, IptablesOptions, IptablesRuleset, Ipv4Cidr, JUMP_RULES};
 use coxswain_proxy::nftables::{self, NftOptions};
 
 /// Which rules the agent writes.
@@ -26,13 +26,16 @@ pub enum RuleMode {
 #[derive(Debug)]
 pub struct RuleSyncer {
     mode: RuleMode,
+    /// Which sources are pods (`--cluster-cidr`), as kube-proxy's.
+    cluster_cidr: Option<Ipv4Cidr>,
     previous: Option<IptablesRuleset>,
 }
 
 impl RuleSyncer {
-    pub fn new(mode: RuleMode) -> RuleSyncer {
+    pub fn new(mode: RuleMode, cluster_cidr: Option<Ipv4Cidr>) -> RuleSyncer {
         RuleSyncer {
             mode,
+            cluster_cidr,
             previous: None,
         }
     }
@@ -41,7 +44,10 @@ impl RuleSyncer {
     pub fn sync(&mut self, frontends: &[FrontendView]) -> Result<usize> {
         match self.mode {
             RuleMode::Iptables => {
-                let options = IptablesOptions::default();
+                let options = IptablesOptions {
+                    cluster_cidr: self.cluster_cidr,
+                    ..IptablesOptions::default()
+                };
                 for jump in JUMP_RULES {
                     ensure_jump(jump.table, jump.chain, jump.rule, jump.target)?;
                 }
@@ -52,7 +58,11 @@ impl RuleSyncer {
                 Ok(rules)
             }
             RuleMode::Nftables => {
-                let script = nftables::full(frontends, &NftOptions::default());
+                let options = NftOptions {
+                    cluster_cidr: self.cluster_cidr,
+                    ..NftOptions::default()
+                };
+                let script = nftables::full(frontends, &options);
                 run_with_stdin("nft", &["-f", "-"], &script)?;
                 Ok(script.lines().filter(|l| l.starts_with("add rule")).count())
             }

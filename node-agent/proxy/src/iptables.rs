@@ -8,25 +8,73 @@
 //! ```text
 //! nat    PREROUTING, OUTPUT ─▶ COX-SERVICES          one rule per frontend (linear walk!)
 //!          COX-SERVICES  -d VIP -p tcp --dport 80 ─▶ COX-SVC-<hash>        (or COX-EXT-<hash>
-//!                                                                            when SNAT is wanted)
-//!          COX-SVC-<hash>  [-m recent --rcheck ─▶ SEP, per endpoint, with ClientIP affinity]
+//!                                                                            for external frontends
+//!                                                                            wanting SNAT or under
+//!                                                                            externalTrafficPolicy: Local)
+//!          COX-SVC-<hash>  [-d VIP ! -s <cluster CIDR> ─▶ COX-MARK-MASQ   (ClusterIP, with a cluster CIDR)]
+//!                          [-m recent --rcheck ─▶ SEP, per endpoint, with ClientIP affinity]
 //!                          -m statistic --probability 1/n   ─▶ COX-SEP-<hash 1>
 //!                          -m statistic --probability 1/(n-1) ─▶ COX-SEP-<hash 2>
 //!                          ...                               ─▶ COX-SEP-<hash n>
+//!          COX-SVL-<hash>  the same over the node-local endpoints (a `Local` traffic policy)
 //!          COX-SEP-<hash>  [-s <endpoint> ─▶ COX-MARK-MASQ   (hairpin)]
 //!                          -p tcp -m tcp -j DNAT --to-destination ip:port
+//!          COX-EXT-<hash>  externalTrafficPolicy: Cluster     externalTrafficPolicy: Local
+//!                          ─▶ COX-MARK-MASQ                    [-s <cluster CIDR> ─▶ COX-SVC  (pods)]
+//!                          ─▶ COX-SVC-<hash>                   --src-type LOCAL ─▶ COX-MARK-MASQ
+//!                                                              --src-type LOCAL ─▶ COX-SVC  (the node)
+//!                                                              [─▶ COX-SVL-<hash>  (the rest, if local endpoints)]
 //!        POSTROUTING ─▶ COX-POSTROUTING: masquerade what COX-MARK-MASQ marked (0x4000)
 //! filter INPUT, FORWARD, OUTPUT (ctstate NEW) ─▶ COX-SERVICES-FILTER:
 //!          -d VIP -p tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable
-//!          for every frontend without endpoints
+//!          for every ClusterIP without endpoints
+//!        INPUT, FORWARD (ctstate NEW) ─▶ COX-EXTERNAL-SERVICES:
+//!          the same REJECT for every NodePort and external IP without endpoints, and
+//!          -d <node> -p tcp --dport 30080 -j DROP for those under
+//!          externalTrafficPolicy: Local without a local endpoint
 //! ```
 //!
 //! A ClusterIP with 10 endpoints is 21 rules (1 + 10 + 10), 31 with hairpin
-//! masquerading. Chain names are kube-proxy's exactly, with `COX` for
-//! `KUBE`: the first 16 characters of the base32 of the SHA-256 of
+//! masquerading, 22 with a cluster CIDR. Chain names are kube-proxy's
+//! exactly, with `COX` for `KUBE`: the first 16 characters of the base32 of
+//! the SHA-256 of
 //! `namespace/name:port` + protocol (+ `ip:port` for an endpoint), so
 //! `ns1/svc1:p80` over TCP is `COX-SVC-XPGD46QRK7WJZT7O` as it is
 //! `KUBE-SVC-XPGD46QRK7WJZT7O` in kube-proxy.
+//!
+//! # External traffic
+//!
+//! A NodePort (matched per node address, rather than kube-proxy's `-m
+//! addrtype --dst-type LOCAL` in `KUBE-NODEPORTS`) or external IP under
+//! `externalTrafficPolicy: Cluster` goes through `COX-EXT`, which marks it
+//! for masquerading, whatever its source, and on to the Service's
+//! endpoints: a pod on this node sees the address of the node's interface
+//! towards it, one on another node this node's address. That is 1 rule in
+//! `COX-SERVICES` per frontend and 2 in `COX-EXT`.
+//!
+//! Under `externalTrafficPolicy: Local` (the engine's frontends of
+//! [`Scope::Local`], with the node-local endpoints, beside their
+//! [`Scope::All`] twins with all of them), `COX-EXT` tells traffic apart
+//! by source as kube-proxy does: from a pod ([`IptablesOptions::cluster_cidr`])
+//! or from the node itself (`-m addrtype --src-type LOCAL`, masqueraded, as
+//! the node's address is the likely source), it goes to every endpoint
+//! (`COX-SVC`); everything else goes to the local endpoints (`COX-SVL`),
+//! unmasqueraded, so the endpoint sees the client's own address. With no
+//! local endpoint, that fall-through rule is absent and a `DROP` in
+//! `COX-EXTERNAL-SERVICES` (`"ns/name:port has no local endpoints"`)
+//! discards such traffic once it reaches the filter table untranslated:
+//! clients see a timeout. (The eBPF dataplane refuses instead, with an ICMP
+//! port-unreachable, as for a Service without endpoints.)
+//!
+//! So `Local` costs a few rules more than `Cluster`: `COX-EXT` is 3 rules
+//! instead of 2 (4 with a cluster CIDR), and `COX-SVL` one per local
+//! endpoint (whose endpoint chains are `COX-SVC`'s). A NodePort Service
+//! with 10 endpoints, 3 of them local, on one node address, without hairpin
+//! masquerading, is 24 rules under `Cluster` (2 in `COX-SERVICES`, 2 in
+//! `COX-EXT`, 10 + 10) and 28 under `Local`; a cluster CIDR adds one rule
+//! to `COX-EXT` under `Local` and one to `COX-SVC` (the ClusterIP's
+//! masquerading) under either. With no local endpoint, `COX-EXT` keeps its
+//! first 2 (3) rules and each external frontend gets its `DROP`.
 //!
 //! # Syncing
 //!
@@ -44,17 +92,19 @@
 //!
 //! # What is not modelled
 //!
-//! Frontends in [`Scope::Local`] (external traffic under
-//! `externalTrafficPolicy: Local`, which kube-proxy tells apart by source
-//! in its `KUBE-EXT`/`KUBE-SVL` chains) are left out: the baselines model
-//! scope-`All` traffic (ClusterIPs, and external traffic under `Cluster`).
 //! NodePorts are matched per node address rather than with `-m addrtype
-//! --dst-type LOCAL`; there is no cluster CIDR, so ClusterIP traffic is not
-//! masqueraded (kube-proxy's default without `--cluster-cidr`). Frontends another Service owns
-//! (`active == false`) are skipped, as the engine skips them.
+//! --dst-type LOCAL`, so there are no localhost NodePorts. Without a
+//! cluster CIDR (kube-proxy's default without `--cluster-cidr`), pod
+//! traffic is not told apart: ClusterIP traffic from outside the cluster
+//! is not masqueraded, and pods reach an external frontend under a `Local`
+//! policy as outside clients do (local endpoints only). Frontends another
+//! Service owns (`active == false`) are skipped, as the engine skips them;
+//! a `Local` frontend whose cluster-wide twin is skipped is skipped too.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+use std::net::Ipv4Addr;
+use std::str::FromStr;
 
 use crate::FrontendKind;
 use crate::keys::{Protocol, Scope};
@@ -64,8 +114,12 @@ use coxswain_ebpf_common::service_flags;
 
 /// Entry chain (nat): every frontend's match.
 pub const SERVICES_CHAIN: &str = "COX-SERVICES";
-/// Filter chain rejecting Services without endpoints.
+/// Filter chain rejecting ClusterIPs without endpoints.
 pub const SERVICES_FILTER_CHAIN: &str = "COX-SERVICES-FILTER";
+/// Filter chain rejecting external frontends without endpoints, and
+/// dropping outside traffic to those without a local endpoint under
+/// `externalTrafficPolicy: Local` (kube-proxy's `KUBE-EXTERNAL-SERVICES`).
+pub const EXTERNAL_SERVICES_CHAIN: &str = "COX-EXTERNAL-SERVICES";
 /// Marks a connection for masquerading.
 pub const MARK_MASQ_CHAIN: &str = "COX-MARK-MASQ";
 /// Masquerades marked connections.
@@ -117,6 +171,18 @@ const FILTER_PORTALS: &[&str] = &[
     "-j",
     SERVICES_FILTER_CHAIN,
 ];
+const EXTERNAL_PORTALS: &[&str] = &[
+    "-m",
+    "conntrack",
+    "--ctstate",
+    "NEW",
+    "-m",
+    "comment",
+    "--comment",
+    "coxswain externally-visible service portals",
+    "-j",
+    EXTERNAL_SERVICES_CHAIN,
+];
 
 /// The rules kube-proxy ensures in built-in chains before each restore.
 pub const JUMP_RULES: &[JumpRule] = &[
@@ -156,7 +222,92 @@ pub const JUMP_RULES: &[JumpRule] = &[
         rule: FILTER_PORTALS,
         target: SERVICES_FILTER_CHAIN,
     },
+    // Not from OUTPUT, as kube-proxy: the node's own traffic to an external
+    // frontend is always translated (`--src-type LOCAL`).
+    JumpRule {
+        table: "filter",
+        chain: "INPUT",
+        rule: EXTERNAL_PORTALS,
+        target: EXTERNAL_SERVICES_CHAIN,
+    },
+    JumpRule {
+        table: "filter",
+        chain: "FORWARD",
+        rule: EXTERNAL_PORTALS,
+        target: EXTERNAL_SERVICES_CHAIN,
+    },
 ];
+
+/// An IPv4 network (`10.244.0.0/16`), host bits cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv4Cidr {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Ipv4Cidr {
+    /// The network of `addr` with a `prefix`-bit mask (`None` past 32).
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Self> {
+        (prefix <= 32).then(|| Ipv4Cidr {
+            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(prefix)),
+            prefix,
+        })
+    }
+
+    fn mask(prefix: u8) -> u32 {
+        u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Whether `ip` is in the network.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & Self::mask(self.prefix) == u32::from(self.addr)
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// A string that is not an IPv4 CIDR.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid IPv4 CIDR {input:?}: expected an address and a prefix length of 0 to 32, such as 10.244.0.0/16"
+)]
+pub struct ParseCidrError {
+    input: String,
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = ParseCidrError;
+
+    /// `10.244.0.0/16`; host bits are cleared, as kube-proxy's
+    /// `--cluster-cidr` does.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let error = || ParseCidrError {
+            input: s.to_owned(),
+        };
+        let (addr, prefix) = s.split_once('/').ok_or_else(error)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| error())?;
+        // `u8` parsing alone would accept `+16`.
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(error());
+        }
+        let prefix: u8 = prefix.parse().map_err(|_| error())?;
+        Ipv4Cidr::new(addr, prefix).ok_or_else(error)
+    }
+}
 
 /// Choices kube-proxy makes by flag, and how the tables are shared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +326,13 @@ pub struct IptablesOptions {
     /// instead of 5 s; `--noflush` looks every declared chain up in a
     /// list).
     pub shared_tables: bool,
+    /// The sources that are pods (kube-proxy's `--cluster-cidr`, its
+    /// `ClusterCIDR` local-traffic detection; the node's pod CIDR gives its
+    /// `NodeCIDR` one). With it, pods reach an external frontend under
+    /// `externalTrafficPolicy: Local` as they reach its ClusterIP (every
+    /// endpoint), and ClusterIP traffic from elsewhere is masqueraded. Off
+    /// (kube-proxy's default), neither: one rule fewer per Service.
+    pub cluster_cidr: Option<Ipv4Cidr>,
 }
 
 impl Default for IptablesOptions {
@@ -182,6 +340,7 @@ impl Default for IptablesOptions {
         Self {
             masquerade_hairpin: true,
             shared_tables: true,
+            cluster_cidr: None,
         }
     }
 }
@@ -251,6 +410,7 @@ pub fn render(
     let mut filter = Table::new("filter");
     let mut nat = Table::new("nat");
     filter.declare(SERVICES_FILTER_CHAIN);
+    filter.declare(EXTERNAL_SERVICES_CHAIN);
     for chain in [SERVICES_CHAIN, MARK_MASQ_CHAIN, POSTROUTING_CHAIN] {
         nat.declare(chain);
     }
@@ -268,11 +428,27 @@ pub fn render(
     for group in &groups {
         let spn = group.port_name_string();
         let proto = group.protocol.as_str().to_ascii_lowercase();
+        let mut port = PortWriter {
+            nat: &mut nat,
+            endpoint_chains: &mut endpoint_chains,
+            group,
+            spn: &spn,
+            proto: &proto,
+            comments,
+            options,
+        };
+        // externalTrafficPolicy: Local: the node-local endpoints' chain,
+        // unless there are none.
+        let local_chain = group
+            .local
+            .as_ref()
+            .filter(|local| !local.backends.is_empty())
+            .map(|_| service_chain(&spn, &proto, 1));
         for (index, variant) in group.variants.iter().enumerate() {
             if variant.backends.is_empty() {
                 for frontend in &variant.frontends {
                     filter.rule(
-                        SERVICES_FILTER_CHAIN,
+                        filter_chain(frontend.kind),
                         format!(
                             "-m comment --comment \"{spn} has no endpoints\" {} -j REJECT --reject-with icmp-port-unreachable",
                             frontend_match(frontend)
@@ -282,29 +458,30 @@ pub fn render(
                 continue;
             }
             let svc_chain = service_chain(&spn, &proto, index);
-            nat.declare(&svc_chain);
             let mut ext_chain = None;
             for frontend in &variant.frontends {
+                let local_policy = group.has_local_twin(frontend);
                 let snat = frontend.flags & service_flags::SNAT != 0;
-                let target = if snat {
+                let target = if local_policy || snat {
                     ext_chain
                         .get_or_insert_with(|| {
                             let chain = external_chain(&spn, &proto, index);
-                            nat.declare(&chain);
-                            nat.rule(
-                                &chain,
-                                format!(
-                                    "-m comment --comment \"masquerade traffic for {spn} external destinations\" -j {MARK_MASQ_CHAIN}"
-                                ),
-                            );
-                            nat.rule(&chain, format!("-j {svc_chain}"));
+                            if local_policy {
+                                port.local_external_chain(
+                                    &chain,
+                                    &svc_chain,
+                                    local_chain.as_deref(),
+                                );
+                            } else {
+                                port.cluster_external_chain(&chain, &svc_chain);
+                            }
                             chain
                         })
                         .clone()
                 } else {
                     svc_chain.clone()
                 };
-                nat.rule(
+                port.nat.rule(
                     SERVICES_CHAIN,
                     format!(
                         "-m comment --comment \"{spn} {}\" {} -j {target}",
@@ -312,72 +489,29 @@ pub fn render(
                         frontend_match(frontend)
                     ),
                 );
-            }
-            let seps: Vec<String> = variant
-                .backends
-                .iter()
-                .map(|b| endpoint_chain(&spn, &proto, b))
-                .collect();
-            let comment = |b: &BackendView| {
-                if comments {
-                    format!("-m comment --comment \"{spn} -> {}:{}\" ", b.addr, b.port)
-                } else {
-                    String::new()
-                }
-            };
-            if let Some(timeout) = group.affinity_timeout_s {
-                for (b, sep) in variant.backends.iter().zip(&seps) {
-                    nat.rule(
-                        &svc_chain,
+                if local_policy && local_chain.is_none() {
+                    // What the external chain did not short-circuit is
+                    // still untranslated here.
+                    filter.rule(
+                        EXTERNAL_SERVICES_CHAIN,
                         format!(
-                            "{}-m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}",
-                            comment(b)
+                            "-m comment --comment \"{spn} has no local endpoints\" {} -j DROP",
+                            frontend_match(frontend)
                         ),
                     );
                 }
             }
-            let n = seps.len();
-            for (i, (b, sep)) in variant.backends.iter().zip(&seps).enumerate() {
-                let statistic = if i + 1 < n {
-                    format!(
-                        "-m statistic --mode random --probability {} ",
-                        probability(n - i)
-                    )
-                } else {
-                    String::new()
-                };
-                nat.rule(&svc_chain, format!("{}{statistic}-j {sep}", comment(b)));
-            }
-            for (b, sep) in variant.backends.iter().zip(&seps) {
-                // Variants of one port share their endpoints' chains.
-                if !endpoint_chains.insert(sep.clone()) {
-                    continue;
-                }
-                nat.declare(sep);
-                let comment = if comments {
-                    format!("-m comment --comment {spn} ")
-                } else {
-                    String::new()
-                };
-                if options.masquerade_hairpin {
-                    nat.rule(
-                        sep,
-                        format!("{comment}-s {}/32 -j {MARK_MASQ_CHAIN}", b.addr),
-                    );
-                }
-                let recent = if group.affinity_timeout_s.is_some() {
-                    format!("-m recent --name {sep} --set ")
-                } else {
-                    String::new()
-                };
-                let p = &proto;
-                nat.rule(
-                    sep,
-                    format!(
-                        "{comment}-p {p} -m {p} {recent}-j DNAT --to-destination {}:{}",
-                        b.addr, b.port
-                    ),
-                );
+            port.policy_chain(&svc_chain, variant.backends, &variant.frontends);
+        }
+        if let (Some(chain), Some(local)) = (&local_chain, &group.local) {
+            // An internalTrafficPolicy: Local ClusterIP's chain has the
+            // same name and endpoints.
+            let written = group
+                .variants
+                .get(1)
+                .is_some_and(|v| same_backends(v.backends, local.backends));
+            if !written {
+                port.policy_chain(chain, local.backends, &[]);
             }
         }
     }
@@ -461,6 +595,163 @@ impl Table {
     }
 }
 
+/// Writes the nat chains of one Service port.
+struct PortWriter<'a, 'g> {
+    nat: &'a mut Table,
+    /// Endpoint chains written so far (a port's policy chains share them).
+    endpoint_chains: &'a mut BTreeSet<String>,
+    group: &'a PortGroup<'g>,
+    spn: &'a str,
+    proto: &'a str,
+    comments: bool,
+    options: &'a IptablesOptions,
+}
+
+impl PortWriter<'_, '_> {
+    /// A policy chain (`COX-SVC`, `COX-SVL`) choosing among `backends`, and
+    /// the endpoint chains not written yet. With a cluster CIDR, ClusterIP
+    /// traffic among `frontends` from outside it is masqueraded first.
+    fn policy_chain(&mut self, chain: &str, backends: &[BackendView], frontends: &[&FrontendView]) {
+        let (spn, proto) = (self.spn, self.proto);
+        self.nat.declare(chain);
+        if let Some(cidr) = self.options.cluster_cidr {
+            for frontend in frontends
+                .iter()
+                .filter(|f| f.kind == FrontendKind::ClusterIp)
+            {
+                self.nat.rule(
+                    chain,
+                    format!(
+                        "-m comment --comment \"{spn} cluster IP\" {} ! -s {cidr} -j {MARK_MASQ_CHAIN}",
+                        frontend_match(frontend)
+                    ),
+                );
+            }
+        }
+        let seps: Vec<String> = backends
+            .iter()
+            .map(|b| endpoint_chain(spn, proto, b))
+            .collect();
+        let comments = self.comments;
+        let comment = |b: &BackendView| {
+            if comments {
+                format!("-m comment --comment \"{spn} -> {}:{}\" ", b.addr, b.port)
+            } else {
+                String::new()
+            }
+        };
+        if let Some(timeout) = self.group.affinity_timeout_s {
+            for (b, sep) in backends.iter().zip(&seps) {
+                self.nat.rule(
+                    chain,
+                    format!(
+                        "{}-m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}",
+                        comment(b)
+                    ),
+                );
+            }
+        }
+        let n = seps.len();
+        for (i, (b, sep)) in backends.iter().zip(&seps).enumerate() {
+            let statistic = if i + 1 < n {
+                format!(
+                    "-m statistic --mode random --probability {} ",
+                    probability(n - i)
+                )
+            } else {
+                String::new()
+            };
+            self.nat
+                .rule(chain, format!("{}{statistic}-j {sep}", comment(b)));
+        }
+        for (b, sep) in backends.iter().zip(&seps) {
+            if !self.endpoint_chains.insert(sep.clone()) {
+                continue;
+            }
+            self.nat.declare(sep);
+            let comment = if comments {
+                format!("-m comment --comment {spn} ")
+            } else {
+                String::new()
+            };
+            if self.options.masquerade_hairpin {
+                self.nat.rule(
+                    sep,
+                    format!("{comment}-s {}/32 -j {MARK_MASQ_CHAIN}", b.addr),
+                );
+            }
+            let recent = if self.group.affinity_timeout_s.is_some() {
+                format!("-m recent --name {sep} --set ")
+            } else {
+                String::new()
+            };
+            self.nat.rule(
+                sep,
+                format!(
+                    "{comment}-p {proto} -m {proto} {recent}-j DNAT --to-destination {}:{}",
+                    b.addr, b.port
+                ),
+            );
+        }
+    }
+
+    /// `COX-EXT` under `externalTrafficPolicy: Cluster`: everything
+    /// masqueraded, then every endpoint.
+    fn cluster_external_chain(&mut self, chain: &str, svc_chain: &str) {
+        let spn = self.spn;
+        self.nat.declare(chain);
+        self.nat.rule(
+            chain,
+            format!(
+                "-m comment --comment \"masquerade traffic for {spn} external destinations\" -j {MARK_MASQ_CHAIN}"
+            ),
+        );
+        self.nat.rule(chain, format!("-j {svc_chain}"));
+    }
+
+    /// `COX-EXT` under `externalTrafficPolicy: Local`: pods and the node
+    /// itself reach every endpoint (the node masqueraded), the rest only
+    /// the local ones (`local_chain`; with none, nothing: the filter table
+    /// drops it).
+    fn local_external_chain(&mut self, chain: &str, svc_chain: &str, local_chain: Option<&str>) {
+        let spn = self.spn;
+        self.nat.declare(chain);
+        if let Some(cidr) = self.options.cluster_cidr {
+            self.nat.rule(
+                chain,
+                format!(
+                    "-m comment --comment \"pod traffic for {spn} external destinations\" -s {cidr} -j {svc_chain}"
+                ),
+            );
+        }
+        self.nat.rule(
+            chain,
+            format!(
+                "-m comment --comment \"masquerade LOCAL traffic for {spn} external destinations\" -m addrtype --src-type LOCAL -j {MARK_MASQ_CHAIN}"
+            ),
+        );
+        self.nat.rule(
+            chain,
+            format!(
+                "-m comment --comment \"route LOCAL traffic for {spn} external destinations\" -m addrtype --src-type LOCAL -j {svc_chain}"
+            ),
+        );
+        if let Some(local_chain) = local_chain {
+            self.nat.rule(chain, format!("-j {local_chain}"));
+        }
+    }
+}
+
+/// Where a frontend without endpoints is rejected: kube-proxy's
+/// `KUBE-SERVICES` (filter) for ClusterIPs, `KUBE-EXTERNAL-SERVICES` for
+/// the rest.
+fn filter_chain(kind: FrontendKind) -> &'static str {
+    match kind {
+        FrontendKind::ClusterIp => SERVICES_FILTER_CHAIN,
+        FrontendKind::NodePort | FrontendKind::External => EXTERNAL_SERVICES_CHAIN,
+    }
+}
+
 /// `-d 10.96.0.10/32 -p tcp -m tcp --dport 80`.
 fn frontend_match(frontend: &FrontendView) -> String {
     let p = frontend.protocol.as_str().to_ascii_lowercase();
@@ -523,9 +814,14 @@ pub(crate) struct PortGroup<'a> {
     pub port_name: &'a str,
     pub protocol: Protocol,
     pub affinity_timeout_s: Option<u32>,
-    /// Distinct backend lists, the longest (cluster-wide) first; a second
-    /// one appears only under a `Local` traffic policy.
+    /// Distinct backend lists of the [`Scope::All`] frontends, the longest
+    /// (cluster-wide) first; a second one appears only under
+    /// `internalTrafficPolicy: Local` (the ClusterIP's node-local list).
     pub variants: Vec<Variant<'a>>,
+    /// Under `externalTrafficPolicy: Local`: the [`Scope::Local`] frontends
+    /// whose [`Scope::All`] twins (same address and port) are in
+    /// `variants`, with the node-local endpoints (one list for the port).
+    pub local: Option<Variant<'a>>,
 }
 
 /// Frontends of a port sharing one backend list.
@@ -548,22 +844,35 @@ impl PortGroup<'_> {
             )
         }
     }
+
+    /// Whether `frontend` (of [`Self::variants`]) has a [`Scope::Local`]
+    /// twin: its external traffic takes the `Local` policy's path.
+    pub fn has_local_twin(&self, frontend: &FrontendView) -> bool {
+        self.local.as_ref().is_some_and(|local| {
+            local
+                .frontends
+                .iter()
+                .any(|f| f.addr == frontend.addr && f.port == frontend.port)
+        })
+    }
 }
 
-/// The frontends the baselines program (active, [`Scope::All`]), grouped
-/// by Service port in the order of `frontends`.
+/// The frontends the baselines program (active ones), grouped by Service
+/// port in the order of `frontends`.
 pub(crate) fn port_groups(frontends: &[FrontendView]) -> Vec<PortGroup<'_>> {
     let mut index: BTreeMap<(&ObjectRef, &str, Protocol), usize> = BTreeMap::new();
     let mut groups: Vec<PortGroup<'_>> = Vec::new();
-    for frontend in frontends
-        .iter()
-        .filter(|f| f.active && f.scope == Scope::All)
-    {
+    let mut locals: Vec<&FrontendView> = Vec::new();
+    for frontend in frontends.iter().filter(|f| f.active) {
         let key = (
             &frontend.service,
             frontend.port_name.as_str(),
             frontend.protocol,
         );
+        if frontend.scope == Scope::Local {
+            locals.push(frontend);
+            continue;
+        }
         let at = *index.entry(key).or_insert_with(|| {
             groups.push(PortGroup {
                 service: &frontend.service,
@@ -571,6 +880,7 @@ pub(crate) fn port_groups(frontends: &[FrontendView]) -> Vec<PortGroup<'_>> {
                 protocol: frontend.protocol,
                 affinity_timeout_s: None,
                 variants: Vec::new(),
+                local: None,
             });
             groups.len() - 1
         });
@@ -590,6 +900,33 @@ pub(crate) fn port_groups(frontends: &[FrontendView]) -> Vec<PortGroup<'_>> {
             }),
         }
     }
+    for frontend in locals {
+        let key = (
+            &frontend.service,
+            frontend.port_name.as_str(),
+            frontend.protocol,
+        );
+        let Some(&at) = index.get(&key) else {
+            continue;
+        };
+        let group = &mut groups[at];
+        let has_twin = group
+            .variants
+            .iter()
+            .flat_map(|v| &v.frontends)
+            .any(|f| f.addr == frontend.addr && f.port == frontend.port);
+        if !has_twin {
+            continue;
+        }
+        group
+            .local
+            .get_or_insert_with(|| Variant {
+                backends: &frontend.backends,
+                frontends: Vec::new(),
+            })
+            .frontends
+            .push(frontend);
+    }
     for group in &mut groups {
         // Stable: equal lengths keep their order.
         group
@@ -600,7 +937,7 @@ pub(crate) fn port_groups(frontends: &[FrontendView]) -> Vec<PortGroup<'_>> {
 }
 
 /// Same endpoints in the same order (ids and flags do not matter here).
-fn same_backends(a: &[BackendView], b: &[BackendView]) -> bool {
+pub(crate) fn same_backends(a: &[BackendView], b: &[BackendView]) -> bool {
     a.len() == b.len()
         && a.iter()
             .zip(b)
@@ -740,6 +1077,54 @@ pub(crate) mod tests {
         }
     }
 
+    /// The NodePort frontends on `node` the engine wants for `cluster`'s
+    /// Service: one of scope `All` (every endpoint, source-NATed under
+    /// `Cluster`), and under `Local` a twin of scope `Local` with the
+    /// endpoints in `local`.
+    pub(crate) fn node_ports(
+        cluster: &FrontendView,
+        node: &str,
+        port: u16,
+        local: Option<Vec<BackendView>>,
+    ) -> Vec<FrontendView> {
+        let all = FrontendView {
+            kind: FrontendKind::NodePort,
+            addr: node.parse().unwrap(),
+            port,
+            flags: service_flags::NODE_PORT
+                | if local.is_some() {
+                    0
+                } else {
+                    service_flags::SNAT
+                },
+            ..cluster.clone()
+        };
+        let twin = local.map(|backends| FrontendView {
+            scope: Scope::Local,
+            flags: service_flags::NODE_PORT,
+            backends,
+            ..all.clone()
+        });
+        std::iter::once(all).chain(twin).collect()
+    }
+
+    /// `ns1/svc1:p80` on 172.30.0.41, endpoints 10.180.0.1 (local) and
+    /// 10.180.0.2, NodePort 30080 on 192.168.1.10 under
+    /// `externalTrafficPolicy: Local`, with `local` as the local endpoints.
+    pub(crate) fn local_policy(local: Vec<BackendView>) -> Vec<FrontendView> {
+        let cluster = cluster_ip(
+            ("ns1", "svc1"),
+            "p80",
+            "172.30.0.41",
+            80,
+            Protocol::Tcp,
+            vec![backend("10.180.0.1", 80), backend("10.180.0.2", 80)],
+        );
+        let mut frontends = node_ports(&cluster, "192.168.1.10", 30080, Some(local));
+        frontends.insert(0, cluster);
+        frontends
+    }
+
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -810,6 +1195,7 @@ pub(crate) mod tests {
         let got = render(&frontends, &IptablesOptions::default(), None);
         let want = r#"*filter
 :COX-SERVICES-FILTER - [0:0]
+:COX-EXTERNAL-SERVICES - [0:0]
 COMMIT
 *nat
 :COX-SERVICES - [0:0]
@@ -843,27 +1229,59 @@ COMMIT
     /// with (the 4 static masquerading rules excluded).
     #[test]
     fn rule_counts_per_service() {
-        let table: [(&str, usize, bool, Option<u32>, usize); 5] = [
-            ("10 endpoints, kube-proxy defaults", 10, true, None, 31),
-            (
-                "10 endpoints, no hairpin (measured baseline)",
-                10,
-                false,
-                None,
-                21,
-            ),
-            ("1 endpoint", 1, true, None, 4),
-            ("no endpoints: one REJECT", 0, true, None, 1),
-            (
-                "affinity adds a recent check per endpoint",
-                10,
-                false,
-                Some(60),
-                31,
-            ),
+        struct Shape {
+            name: &'static str,
+            endpoints: usize,
+            hairpin: bool,
+            affinity: Option<u32>,
+            cluster_cidr: bool,
+            rules: usize,
+        }
+        let base = Shape {
+            name: "10 endpoints, kube-proxy defaults",
+            endpoints: 10,
+            hairpin: true,
+            affinity: None,
+            cluster_cidr: false,
+            rules: 31,
+        };
+        let table = [
+            Shape { ..base },
+            Shape {
+                name: "10 endpoints, no hairpin (measured baseline)",
+                hairpin: false,
+                rules: 21,
+                ..base
+            },
+            Shape {
+                name: "a cluster CIDR masquerades ClusterIP traffic from outside it",
+                hairpin: false,
+                cluster_cidr: true,
+                rules: 22,
+                ..base
+            },
+            Shape {
+                name: "1 endpoint",
+                endpoints: 1,
+                rules: 4,
+                ..base
+            },
+            Shape {
+                name: "no endpoints: one REJECT",
+                endpoints: 0,
+                rules: 1,
+                ..base
+            },
+            Shape {
+                name: "affinity adds a recent check per endpoint",
+                hairpin: false,
+                affinity: Some(60),
+                rules: 31,
+                ..base
+            },
         ];
-        for (name, endpoints, hairpin, affinity, want) in table {
-            let backends = (0..endpoints)
+        for shape in table {
+            let backends = (0..shape.endpoints)
                 .map(|i| backend(&format!("10.0.0.{}", i + 1), 8080))
                 .collect();
             let mut frontend = cluster_ip(
@@ -874,16 +1292,17 @@ COMMIT
                 Protocol::Tcp,
                 backends,
             );
-            frontend.affinity_timeout_s = affinity;
+            frontend.affinity_timeout_s = shape.affinity;
             let got = render(
                 &[frontend],
                 &IptablesOptions {
-                    masquerade_hairpin: hairpin,
+                    masquerade_hairpin: shape.hairpin,
+                    cluster_cidr: shape.cluster_cidr.then(|| "10.0.0.0/16".parse().unwrap()),
                     ..IptablesOptions::default()
                 },
                 None,
             );
-            assert_eq!(got.rules - 4, want, "{name}");
+            assert_eq!(got.rules - 4, shape.rules, "{}", shape.name);
         }
     }
 
@@ -900,7 +1319,7 @@ COMMIT
         let got = render(&frontends, &IptablesOptions::default(), None);
         assert!(
             got.restore.starts_with(
-                "*filter\n:COX-SERVICES-FILTER - [0:0]\n-A COX-SERVICES-FILTER -m comment --comment \"ns2/svc2 has no endpoints\" -d 172.30.0.42/32 -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable\nCOMMIT\n"
+                "*filter\n:COX-SERVICES-FILTER - [0:0]\n:COX-EXTERNAL-SERVICES - [0:0]\n-A COX-SERVICES-FILTER -m comment --comment \"ns2/svc2 has no endpoints\" -d 172.30.0.42/32 -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable\nCOMMIT\n"
             ),
             "{}",
             got.restore
@@ -965,8 +1384,9 @@ COMMIT
         assert_eq!(got.restore.matches(":COX-SVC-").count(), 1);
     }
 
+    /// A local frontend needs its cluster-wide twin: alone, it is skipped.
     #[test]
-    fn inactive_and_local_scope_frontends_are_left_out() {
+    fn inactive_frontends_and_local_ones_without_a_twin_are_left_out() {
         let active = cluster_ip(
             ("a", "first"),
             "",
@@ -1038,6 +1458,7 @@ COMMIT
         let options = IptablesOptions {
             masquerade_hairpin: false,
             shared_tables: false,
+            cluster_cidr: None,
         };
         let one = cluster_ip(
             ("ns1", "svc1"),
@@ -1054,9 +1475,12 @@ COMMIT
 :FORWARD ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
 :COX-SERVICES-FILTER - [0:0]
+:COX-EXTERNAL-SERVICES - [0:0]
 -A INPUT -m conntrack --ctstate NEW -m comment --comment "coxswain service portals" -j COX-SERVICES-FILTER
 -A FORWARD -m conntrack --ctstate NEW -m comment --comment "coxswain service portals" -j COX-SERVICES-FILTER
 -A OUTPUT -m conntrack --ctstate NEW -m comment --comment "coxswain service portals" -j COX-SERVICES-FILTER
+-A INPUT -m conntrack --ctstate NEW -m comment --comment "coxswain externally-visible service portals" -j COX-EXTERNAL-SERVICES
+-A FORWARD -m conntrack --ctstate NEW -m comment --comment "coxswain externally-visible service portals" -j COX-EXTERNAL-SERVICES
 COMMIT
 *nat
 :PREROUTING ACCEPT [0:0]
@@ -1105,5 +1529,182 @@ COMMIT
             .collect();
         let got = render(&frontends, &IptablesOptions::default(), None);
         assert_eq!(got.restore.matches("--comment").count(), 101);
+    }
+
+    #[test]
+    fn cidrs_parse_as_kube_proxy_reads_them() {
+        let table: [(&str, Option<&str>); 8] = [
+            ("10.244.0.0/16", Some("10.244.0.0/16")),
+            ("10.244.1.7/16", Some("10.244.0.0/16")),
+            ("0.0.0.0/0", Some("0.0.0.0/0")),
+            ("10.1.2.3/32", Some("10.1.2.3/32")),
+            ("10.244.0.0", None),
+            ("10.244.0.0/33", None),
+            ("10.244.0.0/+8", None),
+            ("fd00::/8", None),
+        ];
+        for (input, want) in table {
+            let got = input.parse::<Ipv4Cidr>().map(|c| c.to_string()).ok();
+            assert_eq!(got.as_deref(), want, "{input}");
+        }
+        let err = "10.244.0.0".parse::<Ipv4Cidr>().unwrap_err().to_string();
+        assert!(
+            err.contains("\"10.244.0.0\"") && err.contains("10.244.0.0/16"),
+            "{err}"
+        );
+        let cidr: Ipv4Cidr = "10.244.0.0/16".parse().unwrap();
+        assert!(cidr.contains(Ipv4Addr::new(10, 244, 255, 1)));
+        assert!(!cidr.contains(Ipv4Addr::new(10, 245, 0, 1)));
+    }
+
+    /// kube-proxy's `KUBE-EXT` and `KUBE-SVL` for `externalTrafficPolicy:
+    /// Local`: pods and the node reach every endpoint, the rest the local
+    /// one, unmasqueraded.
+    #[test]
+    fn local_policy_tells_sources_apart_like_kube_proxy() {
+        let options = IptablesOptions {
+            cluster_cidr: Some("10.180.0.0/16".parse().unwrap()),
+            ..IptablesOptions::default()
+        };
+        let got = render(
+            &local_policy(vec![backend("10.180.0.1", 80)]),
+            &options,
+            None,
+        );
+        let nat: Vec<&str> = got
+            .restore
+            .lines()
+            .filter(|l| {
+                l.starts_with("-A COX-SERVICES ")
+                    || l.starts_with("-A COX-EXT-")
+                    || l.starts_with("-A COX-SVL-")
+                    || l.starts_with("-A COX-SVC-")
+            })
+            .collect();
+        assert_eq!(
+            nat,
+            [
+                "-A COX-SERVICES -m comment --comment \"ns1/svc1:p80 cluster IP\" -d 172.30.0.41/32 -p tcp -m tcp --dport 80 -j COX-SVC-XPGD46QRK7WJZT7O",
+                "-A COX-EXT-XPGD46QRK7WJZT7O -m comment --comment \"pod traffic for ns1/svc1:p80 external destinations\" -s 10.180.0.0/16 -j COX-SVC-XPGD46QRK7WJZT7O",
+                "-A COX-EXT-XPGD46QRK7WJZT7O -m comment --comment \"masquerade LOCAL traffic for ns1/svc1:p80 external destinations\" -m addrtype --src-type LOCAL -j COX-MARK-MASQ",
+                "-A COX-EXT-XPGD46QRK7WJZT7O -m comment --comment \"route LOCAL traffic for ns1/svc1:p80 external destinations\" -m addrtype --src-type LOCAL -j COX-SVC-XPGD46QRK7WJZT7O",
+                "-A COX-EXT-XPGD46QRK7WJZT7O -j COX-SVL-XPGD46QRK7WJZT7O",
+                "-A COX-SERVICES -m comment --comment \"ns1/svc1:p80 node port\" -d 192.168.1.10/32 -p tcp -m tcp --dport 30080 -j COX-EXT-XPGD46QRK7WJZT7O",
+                "-A COX-SVC-XPGD46QRK7WJZT7O -m comment --comment \"ns1/svc1:p80 cluster IP\" -d 172.30.0.41/32 -p tcp -m tcp --dport 80 ! -s 10.180.0.0/16 -j COX-MARK-MASQ",
+                "-A COX-SVC-XPGD46QRK7WJZT7O -m comment --comment \"ns1/svc1:p80 -> 10.180.0.1:80\" -m statistic --mode random --probability 0.5000000000 -j COX-SEP-SXIVWICOYRO3J4NJ",
+                "-A COX-SVC-XPGD46QRK7WJZT7O -m comment --comment \"ns1/svc1:p80 -> 10.180.0.2:80\" -j COX-SEP-LXVODXWDISEETFEF",
+                "-A COX-SVL-XPGD46QRK7WJZT7O -m comment --comment \"ns1/svc1:p80 -> 10.180.0.1:80\" -j COX-SEP-SXIVWICOYRO3J4NJ",
+            ],
+            "{}",
+            got.restore
+        );
+        // The local endpoint's chain is written once, for both policies.
+        assert_eq!(got.restore.matches(":COX-SEP-SXIVWICOYRO3J4NJ ").count(), 1);
+        assert_eq!(
+            got.restore
+                .matches("-A COX-SEP-SXIVWICOYRO3J4NJ -m comment --comment ns1/svc1:p80 -p tcp")
+                .count(),
+            1
+        );
+        assert!(!got.restore.contains("-j DROP"), "{}", got.restore);
+    }
+
+    #[test]
+    fn local_policy_without_a_local_endpoint_drops_in_the_filter_table() {
+        let got = render(&local_policy(vec![]), &IptablesOptions::default(), None);
+        assert!(
+            got.restore.starts_with(
+                "*filter\n:COX-SERVICES-FILTER - [0:0]\n:COX-EXTERNAL-SERVICES - [0:0]\n-A COX-EXTERNAL-SERVICES -m comment --comment \"ns1/svc1:p80 has no local endpoints\" -d 192.168.1.10/32 -p tcp -m tcp --dport 30080 -j DROP\nCOMMIT\n"
+            ),
+            "{}",
+            got.restore
+        );
+        // No fall-through, no SVL: outside traffic leaves the chain
+        // untranslated; pods (no cluster CIDR here) are outside traffic too.
+        let ext: Vec<&str> = got
+            .restore
+            .lines()
+            .filter(|l| l.starts_with("-A COX-EXT-"))
+            .collect();
+        assert_eq!(ext.len(), 2, "{ext:?}");
+        assert!(
+            ext.iter().all(|l| l.contains("--src-type LOCAL")),
+            "{ext:?}"
+        );
+        assert!(!got.restore.contains("COX-SVL-"), "{}", got.restore);
+    }
+
+    /// Without any endpoint, a NodePort is rejected where kube-proxy
+    /// rejects it (not only dropped), under either policy.
+    #[test]
+    fn external_frontends_without_endpoints_are_rejected_in_the_external_chain() {
+        let cluster = cluster_ip(
+            ("ns1", "svc1"),
+            "p80",
+            "172.30.0.41",
+            80,
+            Protocol::Tcp,
+            vec![],
+        );
+        for local in [None, Some(vec![])] {
+            let mut frontends = node_ports(&cluster, "192.168.1.10", 30080, local.clone());
+            frontends.push(cluster.clone());
+            let got = render(&frontends, &IptablesOptions::default(), None);
+            let filter: Vec<&str> = got
+                .restore
+                .lines()
+                .filter(|l| l.starts_with("-A "))
+                .collect();
+            assert_eq!(
+                filter,
+                [
+                    "-A COX-EXTERNAL-SERVICES -m comment --comment \"ns1/svc1:p80 has no endpoints\" -d 192.168.1.10/32 -p tcp -m tcp --dport 30080 -j REJECT --reject-with icmp-port-unreachable",
+                    "-A COX-SERVICES-FILTER -m comment --comment \"ns1/svc1:p80 has no endpoints\" -d 172.30.0.41/32 -p tcp -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable",
+                    "-A COX-MARK-MASQ -j MARK --or-mark 0x4000",
+                    "-A COX-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+                    "-A COX-POSTROUTING -j MARK --xor-mark 0x4000",
+                    "-A COX-POSTROUTING -j MASQUERADE --random-fully",
+                ],
+                "local: {local:?}"
+            );
+        }
+    }
+
+    /// Rules of a NodePort Service (10 endpoints, one node address, no
+    /// hairpin, the 4 static rules excluded) by traffic policy: the figures
+    /// of the module documentation.
+    #[test]
+    fn rule_counts_by_external_traffic_policy() {
+        let table: [(&str, Option<usize>, bool, usize); 6] = [
+            ("Cluster", None, false, 24),
+            ("Cluster, cluster CIDR", None, true, 25),
+            ("Local, 3 local endpoints", Some(3), false, 28),
+            ("Local, 3 local endpoints, cluster CIDR", Some(3), true, 30),
+            ("Local, no local endpoint", Some(0), false, 25),
+            ("Local, no local endpoint, cluster CIDR", Some(0), true, 27),
+        ];
+        for (name, local, cidr, want) in table {
+            let backends: Vec<BackendView> = (0..10)
+                .map(|i| backend(&format!("10.0.0.{}", i + 1), 8080))
+                .collect();
+            let cluster = cluster_ip(
+                ("default", "web"),
+                "http",
+                "10.96.0.10",
+                80,
+                Protocol::Tcp,
+                backends.clone(),
+            );
+            let local = local.map(|n| backends[..n].to_vec());
+            let mut frontends = node_ports(&cluster, "192.168.1.10", 30080, local);
+            frontends.push(cluster);
+            let options = IptablesOptions {
+                masquerade_hairpin: false,
+                cluster_cidr: cidr.then(|| "10.0.0.0/16".parse().unwrap()),
+                ..IptablesOptions::default()
+            };
+            let got = render(&frontends, &options, None);
+            assert_eq!(got.rules - 4, want, "{name}\n{}", got.restore);
+        }
     }
 }

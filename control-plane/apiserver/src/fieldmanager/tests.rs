@@ -840,3 +840,28 @@ fn forget_absent_drops_unknown_fields() {
         json!({"f:data": {"f:k": {}}})
     );
 }
+
+/// A client sending back the managed fields it read before a later write (their
+/// timestamps older than the live ones) changes nothing: the live entries stay, so the
+/// write is a no-op whatever second it lands in (upstream's
+/// IgnoreManagedFieldsTimestampsTransformer).
+#[test]
+fn an_update_that_only_rewinds_timestamps_keeps_the_live_entries() {
+    let mut created = deployment(2, json!({"app": "a"}), json!([{"name": "c", "image": "i"}]));
+    record_update(None, &mut created, &writer("kubectl-create"), Scope::AllButStatus, NOW);
+    let mut live = created.clone();
+    live["spec"]["replicas"] = json!(3);
+    record_update(Some(&created), &mut live, &writer("kubectl-create"), Scope::AllButStatus, LATER);
+    assert_eq!(entries(&live)[0].time.as_deref(), Some(LATER));
+    // The same object back, with the entries as they were at creation.
+    let mut stale = live.clone();
+    stale["metadata"]["managedFields"] = created["metadata"]["managedFields"].clone();
+    record_update(Some(&live), &mut stale, &writer("kubectl-create"), Scope::AllButStatus, LATER);
+    assert_eq!(stale, live);
+    // A real change still takes the new time.
+    let mut changed = stale.clone();
+    changed["spec"]["replicas"] = json!(4);
+    changed["metadata"]["managedFields"] = created["metadata"]["managedFields"].clone();
+    record_update(Some(&live), &mut changed, &writer("kubectl-create"), Scope::AllButStatus, "2030-01-01T00:09:00Z");
+    assert_eq!(entries(&changed)[0].time.as_deref(), Some("2030-01-01T00:09:00Z"));
+}
